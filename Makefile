@@ -1,0 +1,36 @@
+# make setup  - create or refresh .venv (torch first, then DeepSpeed built against it, then us)
+# make demo   - the bundled demo: tokenizer, data, a tiny generator, fast-electra vs electra
+# make test   - the test suite (CPU; GPU tests are behind the `gpu` marker)
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+PIPQ   := $(PIP) install --quiet --disable-pip-version-check -c constraints.txt
+STAMP  := $(VENV)/.setup-done
+
+.PHONY: setup demo test clean-demo
+
+setup: $(STAMP)
+
+# Re-runs only when the dependency lists change (or the venv is gone), so `make test` is quick.
+# torch goes first and alone: DeepSpeed's build imports it, and without build isolation pip builds
+# DeepSpeed against *this* torch instead of downloading another one (several GB of CUDA wheels).
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --disable-pip-version-check --upgrade pip setuptools wheel
+	$(PIPQ) torch
+	$(PIPQ) numpy ninja packaging psutil py-cpuinfo pydantic hjson msgpack
+	$(PIPQ) --no-build-isolation --no-cache-dir deepspeed
+	$(PIPQ) --no-build-isolation -e '.[dev]'
+	@$(PY) -c "import torch, deepspeed, transformers, megatron.core, datasets; print('setup ok: torch', torch.__version__, '| deepspeed', deepspeed.__version__)" 2>/dev/null
+	@touch $@
+
+demo: setup
+	bash launch_scripts/demo.sh
+
+test: setup
+	$(PY) -m pytest -q
+
+clean-demo:
+	rm -rf .demo

@@ -1,0 +1,5 @@
+import sys
+
+from fast_electra_ds.cli import main
+
+sys.exit(main())

@@ -1,0 +1,142 @@
+"""`fast-electra` (also `python -m fast_electra_ds`): one subcommand per pipeline stage.
+
+    train-tokenizer  text -> WordPiece tokenizer folder
+    prepare-data     text -> packed token ids in megatron-core indexed datasets
+    config           show a resolved run config, or list every key
+    pretrain         the training run (fast-electra, electra or mlm), also under `deepspeed`
+
+Heavy imports (torch, deepspeed, transformers) happen inside the handlers, so `--help` is quick.
+A `UserError` is printed as `error: ...` and exits with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from fast_electra_ds.errors import UserError
+
+
+def _train_tokenizer(args: argparse.Namespace) -> None:
+    from fast_electra_ds.data.tokenizer import train_tokenizer
+
+    out = train_tokenizer(args.input, vocab_size=args.vocab_size, output=args.output,
+                          lowercase=not args.cased, min_frequency=args.min_frequency,
+                          overwrite=args.overwrite)
+    print(f"tokenizer written to {out}")
+
+
+def _prepare_data(args: argparse.Namespace) -> None:
+    from fast_electra_ds.data.prepare import prepare_data
+
+    max_seq_len = None
+    if args.config:
+        from fast_electra_ds.config import load_config
+
+        max_seq_len = load_config(args.config).model.max_position_embeddings
+    manifest = prepare_data(args.input, tokenizer=args.tokenizer, seq_len=args.seq_len,
+                            output=args.output, valid_fraction=args.valid_fraction,
+                            num_proc=args.num_proc, text_key=args.text_key, errors=args.errors,
+                            overwrite=args.overwrite, seed=args.seed, max_seq_len=max_seq_len)
+    for split, stats in manifest["splits"].items():
+        print(f"{split}: {stats['num_sequences']} sequences, {stats['num_tokens']} tokens, "
+              f"{stats['num_documents']} documents")
+    print(f"dataset written to {args.output}")
+
+
+def _config(args: argparse.Namespace) -> None:
+    from fast_electra_ds.config import describe, load_config
+
+    if args.list:
+        print(describe())
+        return
+    import yaml
+
+    cfg = load_config(args.config, args.overrides)
+    cfg.validate(check_files=False)
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+
+
+def _pretrain(args: argparse.Namespace) -> None:
+    from fast_electra_ds.config import load_config
+    from fast_electra_ds.train import pretrain
+
+    cfg = load_config(args.config, args.overrides)
+    cfg.validate()
+    pretrain(cfg)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fast-electra",
+        description="ELECTRA-style pretraining with a frozen generator (Fast-ELECTRA) on "
+                    "DeepSpeed.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train-tokenizer", help="train a WordPiece tokenizer on text files",
+                       description="Train a WordPiece tokenizer (HF tokenizers) and save it as a "
+                                   "HF tokenizer folder with vocab.txt.")
+    p.add_argument("--input", nargs="+", required=True, metavar="FILE",
+                   help="plain-text files (one sentence or line per line)")
+    p.add_argument("--vocab-size", type=int, required=True, metavar="N")
+    p.add_argument("--output", required=True, metavar="DIR")
+    p.add_argument("--min-frequency", type=int, default=2, metavar="N",
+                   help="least count for a merge to enter the vocabulary (default 2)")
+    p.add_argument("--cased", action="store_true", help="keep case (default: lowercase)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
+    p.set_defaults(func=_train_tokenizer)
+
+    p = sub.add_parser("prepare-data", help="tokenize and pack a corpus into indexed datasets",
+                       description="Read text, JSON lines or parquet through `datasets`, "
+                                   "tokenize, pack into [CLS] ... [SEP] sequences from one "
+                                   "document each, and write megatron-core indexed datasets "
+                                   "(train and valid splits) plus manifest.json into OUTPUT.")
+    p.add_argument("--input", nargs="+", required=True, metavar="FILE_OR_GLOB")
+    p.add_argument("--tokenizer", required=True, metavar="DIR_OR_HUB_ID")
+    p.add_argument("--seq-len", type=int, required=True, metavar="N")
+    p.add_argument("--output", required=True, metavar="PREFIX",
+                   help="dataset directory to create (holds train.bin/.idx, valid.bin/.idx, "
+                        "manifest.json)")
+    p.add_argument("--valid-fraction", type=float, default=0.01, metavar="F",
+                   help="share of documents held out for validation (default 0.01)")
+    p.add_argument("--num-proc", type=int, default=1, metavar="N",
+                   help="tokenizer processes (default 1)")
+    p.add_argument("--text-key", default="text", metavar="KEY",
+                   help="field holding the text in JSON lines / parquet (default: text)")
+    p.add_argument("--errors", choices=("strict", "skip"), default="strict",
+                   help="on a line that is not UTF-8: stop (strict, default) or skip it and "
+                        "report the count")
+    p.add_argument("--seed", type=int, default=1234, help="seed of the train/valid split")
+    p.add_argument("--config", metavar="RECIPE",
+                   help="check --seq-len against this recipe's model position limit")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")
+    p.set_defaults(func=_prepare_data)
+
+    p = sub.add_parser("config", help="print a resolved run config, or list every key",
+                       description="Print the config a recipe plus overrides resolves to.")
+    p.add_argument("--config", default=None, metavar="RECIPE",
+                   help="bundled recipe name or YAML path")
+    p.add_argument("--list", action="store_true", help="list every key, its default and doc")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=_config)
+
+    p = sub.add_parser("pretrain", help="pretrain (mode=fast-electra, electra or mlm)",
+                       description="Run pretraining. Works as one process and under the "
+                                   "DeepSpeed launcher.")
+    p.add_argument("--config", required=True, metavar="RECIPE",
+                   help="bundled recipe name (tiny, small, base, large) or YAML path")
+    p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides, e.g. mode=electra optim.lr=1e-4")
+    p.set_defaults(func=_pretrain)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,112 @@
+"""Run config: recipes load, overrides are typed, mistakes are caught before any work starts."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from fast_electra_ds.config import (RunConfig, describe, field_docs, list_recipes, load_config)
+from fast_electra_ds.errors import UserError
+
+
+def test_every_bundled_recipe_loads_and_validates():
+    assert {"tiny", "small", "base", "large"} <= set(list_recipes())
+    for name in list_recipes():
+        cfg = load_config(name)
+        cfg.validate(check_files=False)
+
+
+def test_paper_shapes():
+    small, base, large = (load_config(n).model for n in ("small", "base", "large"))
+    assert (small.num_layers, small.hidden_size, small.embedding_size) == (12, 256, 128)
+    assert (base.num_layers, base.hidden_size) == (12, 768)
+    assert (large.num_layers, large.hidden_size) == (24, 1024)
+    for name in ("small", "base", "large"):
+        cfg = load_config(name)
+        assert cfg.generator.hidden_size < cfg.model.hidden_size  # ELECTRA's smaller generator
+
+
+def test_every_field_has_a_docstring():
+    docs = field_docs()
+    assert "model.hidden_size" in docs and "optim.lr" in docs and "mode" in docs
+    missing = [k for k, v in docs.items() if not v]
+    assert not missing, f"config fields without a docstring: {missing}"
+    assert "optim.lr = 0.0005" in describe()
+
+
+def test_overrides_are_typed():
+    cfg = load_config("tiny", ["optim.lr=1e-4", "model.num_layers=3", "mode=electra",
+                               "data.paths=a,b", "logging.tensorboard=true"])
+    assert cfg.optim.lr == pytest.approx(1e-4) and isinstance(cfg.optim.lr, float)
+    assert cfg.model.num_layers == 3 and cfg.mode == "electra"
+    assert cfg.data.paths == ["a", "b"] and cfg.logging.tensorboard is True
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("model.hidden_sise=3", "Did you mean 'model.hidden_size'"),
+    ("nonsense=1", "Valid keys"),
+    ("model.num_layers=two", "expected an integer"),
+    ("mode=bert", "one of fast-electra, electra, mlm"),
+    ("model=3", "unknown config key 'model'"),
+    ("optim.lr", "not of the form key=value"),
+])
+def test_bad_overrides_name_the_problem(override, needle):
+    with pytest.raises(UserError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        load_config("tiny", [override])
+
+
+def test_unknown_key_in_recipe_file(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("model:\n  hiden_size: 3\n")
+    with pytest.raises(UserError, match="unknown config key 'model.hiden_size'"):
+        load_config(str(path))
+
+
+def test_validation_lists_every_problem_at_once():
+    cfg = load_config("tiny", ["temperature.t0=0.5", "temperature.tau=0", "data.seq_len=4096",
+                               "model.num_heads=3"])
+    with pytest.raises(UserError) as e:
+        cfg.validate(check_files=False)
+    msg = str(e.value)
+    for needle in ("temperature.t0", "temperature.tau", "max_position_embeddings",
+                   "num_heads=3 must divide"):
+        assert needle in msg
+
+
+def test_validation_checks_files(tmp_path):
+    cfg = load_config("tiny", [f"data.paths={tmp_path}/nope", "ds_config=missing.json",
+                               "generator.path=./no/such/folder"])
+    with pytest.raises(UserError) as e:
+        cfg.validate()
+    msg = str(e.value)
+    assert "prepare-data" in msg and "missing.json" in msg and "no/such/folder" in msg
+
+
+def test_fast_electra_needs_a_generator():
+    cfg = load_config("tiny", ["generator.path="])
+    with pytest.raises(UserError, match="needs generator.path"):
+        cfg.validate(check_files=False)
+
+
+def test_save_round_trip(tmp_path):
+    cfg = load_config("small", ["optim.lr=3e-4"])
+    cfg.save(tmp_path / "config.yaml")
+    again = load_config(str(tmp_path / "config.yaml"))
+    assert again == cfg
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["optim"]["lr"] == 3e-4
+    assert RunConfig() != cfg
+
+
+def test_cli_config_prints_resolved_and_rejects_typos():
+    ok = subprocess.run([sys.executable, "-m", "fast_electra_ds", "config", "--config", "tiny",
+                         "optim.lr=2e-3"], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert yaml.safe_load(ok.stdout)["optim"]["lr"] == 2e-3
+    bad = subprocess.run([sys.executable, "-m", "fast_electra_ds", "config", "--config", "tiny",
+                          "optim.lrr=2e-3"], capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert "unknown config key 'optim.lrr'" in bad.stderr and "Traceback" not in bad.stderr
+    missing = subprocess.run([sys.executable, "-m", "fast_electra_ds", "config", "--config",
+                              "nosuch"], capture_output=True, text=True)
+    assert missing.returncode == 2 and "unknown recipe 'nosuch'" in missing.stderr

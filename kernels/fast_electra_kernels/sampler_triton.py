@@ -1,0 +1,220 @@
+"""Triton kernels of the fused sampler (the public API is sampler.py).
+
+Shapes (one launch):
+  h        [M, H]   hidden states at masked positions, after the MLM head's transform
+                    (fp16 / bf16 / fp32, unit stride along H)
+  W        [V, H]   decoder weight, same dtype as h (unit stride along H)
+  b        [V]      decoder bias (any float dtype) or absent
+  rows     [M]      int64 global row ids: the RNG counter of each row (fast_electra_ds/rng.py)
+  partials [S, M]   per vocabulary split s: running max, sum of exp, sum of exp * z,
+                    best score z + g and its column (S = number of splits, usually 1)
+  out      [M]      int64 token, fp32 lse = logsumexp(z), fp32 E_p[z], with z = (h W^T + b) / T
+
+Grid (cdiv(M, BLOCK_M), S): a program streams its row block over its share of the vocabulary in
+BLOCK_V tiles; each tile's logits are a [BLOCK_M, BLOCK_V] fp32 accumulator built in BLOCK_K
+steps over H. [M, V] never exists in memory: per row it keeps an online logsumexp (running max,
+running sum of exp, running sum of exp * z) and an online Gumbel-max (running best z + g). With
+S > 1 the splits' partials are merged by `merge_partials` (a few [S, M] torch ops).
+
+The Gumbel noise re-implements fast_electra_ds/rng.py on uint32: products wrap modulo 2**32,
+which is the reference's `& M32`, and `>>` on uint32 is a logical shift, as on the reference's
+non-negative int64 values. The uniforms are therefore bit-identical to the reference's; the noise
+-log(-log(u)) can differ from torch's in the last bits where the GPU's log is approximate.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from fast_electra_ds import rng
+
+MIX_MUL = tl.constexpr(rng.MIX_MUL)
+COL_MUL = tl.constexpr(rng.COL_MUL)
+# (x >> 8) + 0.5 scaled by 2**-24 is an exact float32 in (0, 1), as in rng.uniform_from_keys
+INV_2_24 = tl.constexpr(1.0 / (1 << 24))
+
+
+@triton.jit
+def _mix32(x):
+    """rng.mix32 on uint32 values."""
+    x = ((x >> 16) ^ x) * MIX_MUL
+    x = ((x >> 16) ^ x) * MIX_MUL
+    return (x >> 16) ^ x
+
+
+@triton.jit
+def _row_keys(seed_word, rows):
+    """rng.row_keys: seed_word is the host's (seed & M32) ^ ((seed >> 32) & M32); rows int64."""
+    s = _mix32(seed_word.to(tl.uint32))
+    # int64 -> uint32 truncates: the reference's `& M32` (for hi, after its arithmetic shift)
+    hi = (rows >> 32).to(tl.uint32)
+    lo = rows.to(tl.uint32)
+    return _mix32(_mix32(hi ^ s) ^ lo)
+
+
+@triton.jit
+def _uniforms(keys, cols):
+    """rng.uniform_from_keys: keys [BM] uint32, cols [BV] int32 -> [BM, BV] fp32 in (0, 1)."""
+    x = keys[:, None] ^ (cols.to(tl.uint32) * COL_MUL)[None, :]
+    x = _mix32(_mix32(x))
+    return ((x >> 8).to(tl.float32) + 0.5) * INV_2_24
+
+
+@triton.jit(do_not_specialize=["seed_word"])
+def _noise_kernel(rows_ptr, u_ptr, g_ptr, M, V, seed_word,
+                  BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr):
+    """Debug path: write the sampler's uniforms and Gumbel noise [M, V] (tests compare them)."""
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_v = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
+    m_mask = offs_m < M
+    keys = _row_keys(seed_word, tl.load(rows_ptr + offs_m, mask=m_mask, other=0))
+    u = _uniforms(keys, offs_v)
+    out = offs_m[:, None] * V + offs_v[None, :]
+    mask = m_mask[:, None] & (offs_v < V)[None, :]
+    tl.store(u_ptr + out, u, mask=mask)
+    tl.store(g_ptr + out, -tl.log(-tl.log(u)), mask=mask)
+
+
+@triton.jit(do_not_specialize=["seed_word"])
+def _fused_sample_kernel(
+    h_ptr, w_ptr, b_ptr, rows_ptr,
+    max_ptr, sum_ptr, dot_ptr, best_ptr, idx_ptr,  # partials [S, M]
+    M, V, H, stride_hm, stride_wv, temperature, seed_word, tiles_per_split,
+    HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    split = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_mask = offs_m < M
+    keys = _row_keys(seed_word, tl.load(rows_ptr + offs_m, mask=m_mask, other=0))
+
+    run_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    run_sum = tl.zeros([BLOCK_M], tl.float32)  # sum exp(z - run_max)
+    run_dot = tl.zeros([BLOCK_M], tl.float32)  # sum exp(z - run_max) * z
+    best = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    best_idx = tl.zeros([BLOCK_M], tl.int32)
+
+    v_begin = split * tiles_per_split * BLOCK_V
+    v_end = tl.minimum(V, v_begin + tiles_per_split * BLOCK_V)
+    for v0 in range(v_begin, v_end, BLOCK_V):
+        offs_v = v0 + tl.arange(0, BLOCK_V)
+        v_mask = offs_v < v_end
+        acc = tl.zeros([BLOCK_M, BLOCK_V], tl.float32)
+        for k0 in range(0, H, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            k_mask = offs_k < H
+            h = tl.load(h_ptr + offs_m[:, None] * stride_hm + offs_k[None, :],
+                        mask=m_mask[:, None] & k_mask[None, :], other=0.0)
+            w = tl.load(w_ptr + offs_v[None, :] * stride_wv + offs_k[:, None],
+                        mask=k_mask[:, None] & v_mask[None, :], other=0.0)
+            acc = tl.dot(h, w, acc, input_precision=DOT_PRECISION)
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + offs_v, mask=v_mask, other=0.0).to(tl.float32)[None, :]
+        # divide (not multiply by 1/T) to round as the reference's `logits / T` does
+        z_finite = acc / temperature  # padded columns hold 0 here (zero-filled loads)
+        z = tl.where(v_mask[None, :], z_finite, float("-inf"))
+
+        new_max = tl.maximum(run_max, tl.max(z, axis=1))
+        alpha = tl.exp(run_max - new_max)  # 0 on the first tile (run_max = -inf)
+        p = tl.exp(z - new_max[:, None])  # 0 in padded columns
+        run_sum = run_sum * alpha + tl.sum(p, axis=1)
+        # p * z_finite, not p * z: padded columns give 0 * 0, not 0 * -inf = nan
+        run_dot = run_dot * alpha + tl.sum(p * z_finite, axis=1)
+        run_max = new_max
+
+        score = z + -tl.log(-tl.log(_uniforms(keys, offs_v)))
+        tile_best = tl.max(score, axis=1)
+        tile_idx = v0 + tl.argmax(score, axis=1)
+        # strict: on an exact tie the earlier (lower) column stays, as torch.argmax picks
+        better = tile_best > best
+        best = tl.where(better, tile_best, best)
+        best_idx = tl.where(better, tile_idx, best_idx)
+
+    out = split * M + offs_m
+    tl.store(max_ptr + out, run_max, mask=m_mask)
+    tl.store(sum_ptr + out, run_sum, mask=m_mask)
+    tl.store(dot_ptr + out, run_dot, mask=m_mask)
+    tl.store(best_ptr + out, best, mask=m_mask)
+    tl.store(idx_ptr + out, best_idx, mask=m_mask)
+
+
+def seed_word(seed: int) -> int:
+    """The 32-bit word rng.row_keys mixes into its seed key, computed once on the host."""
+    return (seed & rng.M32) ^ ((seed >> 32) & rng.M32)
+
+
+def noise(seed: int, rows: torch.Tensor, num_cols: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sampler's uniforms and Gumbel noise, both [M, num_cols] fp32 (a debug path)."""
+    M = rows.shape[0]
+    u = torch.empty(M, num_cols, dtype=torch.float32, device=rows.device)
+    g = torch.empty_like(u)
+    block_m, block_v = 32, 128
+    grid = (triton.cdiv(M, block_m), triton.cdiv(num_cols, block_v))
+    _noise_kernel[grid](rows.contiguous(), u, g, M, num_cols, seed_word(seed),
+                        BLOCK_M=block_m, BLOCK_V=block_v)
+    return u, g
+
+
+def _default_num_splits(h: torch.Tensor, num_row_blocks: int, num_tiles: int) -> int:
+    """Split the vocabulary when row blocks alone would leave streaming multiprocessors idle."""
+    if not h.is_cuda:
+        return 1
+    num_sms = torch.cuda.get_device_properties(h.device).multi_processor_count
+    return max(1, min(num_tiles, triton.cdiv(2 * num_sms, num_row_blocks)))
+
+
+def merge_partials(run_max, run_sum, run_dot, best, best_idx):
+    """Merge [S, M] per-split partials into (tokens int64, lse fp32, E[z] fp32), each [M]."""
+    top = run_max.max(dim=0).values  # [M]
+    scale = torch.exp(run_max - top)  # [S, M]
+    total = (run_sum * scale).sum(dim=0)
+    lse = top + torch.log(total)
+    expected = (run_dot * scale).sum(dim=0) / total
+    # argmax returns the first maximal split, i.e. the lowest columns on an exact tie
+    split = best.argmax(dim=0, keepdim=True)  # [1, M]
+    tokens = best_idx.gather(0, split).squeeze(0).to(torch.int64)
+    return tokens, lse, expected
+
+
+def fused_sample(h: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None, temperature: float,
+                 seed: int, rows: torch.Tensor, *, block_m: int = 64, block_v: int = 128,
+                 block_k: int | None = None, num_splits: int | None = None,
+                 num_warps: int = 8, num_stages: int = 3):
+    """Launch the fused sampler; returns (tokens [M] int64, lse [M] fp32, E[z] [M] fp32).
+
+    Block sizes are fixed defaults, not tuned per device; `num_splits` (vocabulary splits, merged
+    afterwards) defaults to 1 on the CPU interpreter and to enough for ~2 programs per SM on CUDA.
+    """
+    M, H = h.shape
+    V = W.shape[0]
+    if h.stride(1) != 1:
+        h = h.contiguous()
+    if W.stride(1) != 1:
+        W = W.contiguous()
+    fp32 = h.dtype == torch.float32
+    # fp32 inputs: full-precision products, as the reference's fp32 matmul (tf32 would drift);
+    # fp16 / bf16 products are exact in the fp32 accumulator anyway
+    precision = "ieee" if fp32 else "tf32"
+    if block_k is None:
+        block_k = 32 if fp32 else 64
+    num_row_blocks = triton.cdiv(M, block_m)
+    num_tiles = triton.cdiv(V, block_v)
+    if num_splits is None:
+        num_splits = _default_num_splits(h, num_row_blocks, num_tiles)
+    tiles_per_split = triton.cdiv(num_tiles, num_splits)
+    num_splits = triton.cdiv(num_tiles, tiles_per_split)  # no empty split
+
+    partial = torch.empty(4, num_splits, M, dtype=torch.float32, device=h.device)
+    best_idx = torch.empty(num_splits, M, dtype=torch.int32, device=h.device)
+    _fused_sample_kernel[(num_row_blocks, num_splits)](
+        h, W, b if b is not None else h, rows.contiguous(),
+        partial[0], partial[1], partial[2], partial[3], best_idx,
+        M, V, H, h.stride(0), W.stride(0), float(temperature), seed_word(seed), tiles_per_split,
+        HAS_BIAS=b is not None, DOT_PRECISION=precision,
+        BLOCK_M=block_m, BLOCK_V=block_v, BLOCK_K=block_k,
+        num_warps=num_warps, num_stages=num_stages,
+    )
+    return merge_partials(partial[0], partial[1], partial[2], partial[3], best_idx)

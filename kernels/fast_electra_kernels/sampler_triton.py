@@ -82,7 +82,7 @@ def _fused_sample_kernel(
     h_ptr, w_ptr, b_ptr, rows_ptr,
     max_ptr, sum_ptr, dot_ptr, best_ptr, idx_ptr,  # partials [S, M]
     M, V, H, stride_hm, stride_wv, temperature, seed_word, tiles_per_split,
-    HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HAS_BIAS: tl.constexpr, DOT_IN_FP32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -110,7 +110,10 @@ def _fused_sample_kernel(
                         mask=m_mask[:, None] & k_mask[None, :], other=0.0)
             w = tl.load(w_ptr + offs_v[None, :] * stride_wv + offs_k[:, None],
                         mask=k_mask[:, None] & v_mask[None, :], other=0.0)
-            acc = tl.dot(h, w, acc, input_precision=DOT_PRECISION)
+            if DOT_IN_FP32:
+                acc = tl.dot(h.to(tl.float32), w.to(tl.float32), acc, input_precision="ieee")
+            else:
+                acc = tl.dot(h, w, acc)
         if HAS_BIAS:
             acc += tl.load(b_ptr + offs_v, mask=v_mask, other=0.0).to(tl.float32)[None, :]
         # divide (not multiply by 1/T) to round as the reference's `logits / T` does
@@ -194,12 +197,13 @@ def fused_sample(h: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None, tempe
         h = h.contiguous()
     if W.stride(1) != 1:
         W = W.contiguous()
-    fp32 = h.dtype == torch.float32
-    # fp32 inputs: full-precision products, as the reference's fp32 matmul (tf32 would drift);
-    # fp16 / bf16 products are exact in the fp32 accumulator anyway
-    precision = "ieee" if fp32 else "tf32"
+    # fp32 inputs: full-precision products like the reference's fp32 matmul (tf32 would drift).
+    # fp16 / bf16 products are exact in the fp32 accumulator, so the tensor-core dot on them is
+    # exact too; but the CPU interpreter multiplies bf16 bit patterns as integers
+    # (triton-lang/triton#11584), so there bf16 operands are widened to fp32 first (same values).
+    dot_in_fp32 = h.dtype == torch.float32 or (not h.is_cuda and h.dtype == torch.bfloat16)
     if block_k is None:
-        block_k = 32 if fp32 else 64
+        block_k = 32 if dot_in_fp32 else 64
     num_row_blocks = triton.cdiv(M, block_m)
     num_tiles = triton.cdiv(V, block_v)
     if num_splits is None:
@@ -213,7 +217,7 @@ def fused_sample(h: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None, tempe
         h, W, b if b is not None else h, rows.contiguous(),
         partial[0], partial[1], partial[2], partial[3], best_idx,
         M, V, H, h.stride(0), W.stride(0), float(temperature), seed_word(seed), tiles_per_split,
-        HAS_BIAS=b is not None, DOT_PRECISION=precision,
+        HAS_BIAS=b is not None, DOT_IN_FP32=dot_in_fp32,
         BLOCK_M=block_m, BLOCK_V=block_v, BLOCK_K=block_k,
         num_warps=num_warps, num_stages=num_stages,
     )

@@ -1,0 +1,183 @@
+"""The fused Triton sampler against its plain-torch reference (fast_electra_kernels/sampler.py).
+
+Without a GPU the kernels run on CPU tensors under TRITON_INTERPRET=1, on odd shapes (M, V, H not
+multiples of the block sizes). On a GPU machine the same tests run the compiled kernels on CUDA,
+and `pytest -m gpu` adds a realistic-size check.
+
+Tolerances: lse and E_p[z] are fp32 reductions in both paths (bf16 / fp16 products are exact in
+fp32), differing only in summation order and in the GPU's approximate exp: rtol = atol = 1e-5 for
+every input dtype. Uniforms must be bit-identical; Gumbel noise within 1e-5 (log may differ in
+the last bits). Draws must be identical on every row whose best and second-best perturbed logits
+differ by more than GAP (a near-tie may be reordered by the summation order).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fast_electra_ds import rng
+
+pytest.importorskip("triton")
+from fast_electra_kernels import sampler_triton  # noqa: E402
+from fast_electra_kernels._dispatch import interpreting, use_triton_for  # noqa: E402
+from fast_electra_kernels.sampler import fused_sample, sample_reference  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# The interpreter needs TRITON_INTERPRET=1 before triton's first import in the process (triton's
+# own tl.sum / tl.argmax are decorated then), and other test modules may have imported it already
+# (deepspeed does). So on a CPU machine this module re-runs itself in a child process with the
+# flag set (test_kernels_in_interpreter_process), and its kernel tests are skipped in the parent.
+RUN_IN_CHILD = DEVICE == "cpu" and not interpreting()
+kernel_test = pytest.mark.skipif(RUN_IN_CHILD, reason="run by test_kernels_in_interpreter_process")
+
+
+@pytest.mark.skipif(not RUN_IN_CHILD, reason="the kernel tests run in this process")
+def test_kernels_in_interpreter_process():
+    child = subprocess.run(
+        [sys.executable, "-m", "pytest", __file__, "-q"], cwd=Path(__file__).parents[1],
+        env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True)
+    assert child.returncode == 0, child.stdout[-6000:] + child.stderr[-3000:]
+
+
+RTOL = ATOL = 1e-5
+GAP = 1e-3
+M, V, H = 50, 300, 80  # blocks: 64 rows, 128 columns, 32 / 64 along H
+
+
+def make_inputs(dtype, *, m=M, v=V, h=H, bias=True, seed=0, device=DEVICE):
+    g = torch.Generator().manual_seed(seed)
+    hid = torch.randn(m, h, generator=g)
+    W = torch.randn(v, h, generator=g) * 0.3
+    b = torch.randn(v, generator=g) if bias else None
+    rows = torch.randint(0, 2**62, (m,), generator=g)
+    to = dict(device=device)
+    return (hid.to(dtype=dtype, **to), W.to(dtype=dtype, **to),
+            None if b is None else b.to(dtype=dtype, **to), rows.to(**to))
+
+
+def separated_rows(h, W, b, temperature, seed, rows):
+    """[M] bool: rows whose top two perturbed logits (reference) differ by more than GAP."""
+    z = (h.float() @ W.float().T + (0 if b is None else b.float())) / temperature
+    top2 = (z + rng.gumbel_noise(seed, rows, W.shape[0])).topk(2, dim=-1).values
+    return (top2[:, 0] - top2[:, 1]) > GAP
+
+
+def assert_matches_reference(out, h, W, b, temperature, seed, rows):
+    ref = sample_reference(h, W, b, temperature, seed, rows)
+    ok = separated_rows(h, W, b, temperature, seed, rows)
+    assert ok.float().mean() > 0.9  # the comparison below covers most rows
+    assert torch.equal(out.tokens[ok], ref.tokens[ok])
+    torch.testing.assert_close(out.lse, ref.lse, rtol=RTOL, atol=ATOL)
+    torch.testing.assert_close(out.expected_logit, ref.expected_logit, rtol=RTOL, atol=ATOL)
+
+
+@kernel_test
+@pytest.mark.parametrize("seed", [0, 1234, 2**32 + 5, 2**63 - 1, -7])
+def test_noise_is_the_reference_noise(seed):
+    rows = torch.tensor([0, 1, 2**31, 2**32 - 1, 2**32, 2**40 + 7, 2**62 + 12345, 987654321],
+                        device=DEVICE)
+    u, g = sampler_triton.noise(seed, rows, V)
+    cols = torch.arange(V, device=DEVICE)
+    assert torch.equal(u, rng.uniform_from_keys(rng.row_keys(seed, rows), cols))
+    torch.testing.assert_close(g, rng.gumbel_noise(seed, rows, V), rtol=1e-5, atol=1e-5)
+
+
+@kernel_test
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("temperature", [1.0, 1.7])
+def test_matches_reference(dtype, bias, temperature):
+    h, W, b, rows = make_inputs(dtype, bias=bias)
+    out = fused_sample(h, W, b, temperature=temperature, seed=99, rows=rows, use_triton=True)
+    assert out.tokens.dtype == torch.int64 and out.tokens.shape == (M,)
+    assert_matches_reference(out, h, W, b, temperature, 99, rows)
+    z = (h.float() @ W.float().T + (0 if b is None else b.float())) / temperature
+    p = torch.softmax(z, dim=-1)
+    torch.testing.assert_close(out.entropy, -(p * p.log()).sum(-1), rtol=1e-4, atol=1e-4)
+
+
+@kernel_test
+@pytest.mark.parametrize("num_splits", [1, 3, 10])
+def test_small_tiles_and_vocabulary_splits(num_splits):
+    # 16 x 32 tiles over H in steps of 16: 4 row blocks, 10 vocabulary tiles, 5 steps along H
+    h, W, b, rows = make_inputs(torch.float32, seed=1)
+    tokens, lse, expected = sampler_triton.fused_sample(
+        h, W, b, 1.3, 5, rows, block_m=16, block_v=32, block_k=16, num_splits=num_splits)
+    out = sample_reference(h, W, b, 1.3, 5, rows)._replace(
+        tokens=tokens, lse=lse, expected_logit=expected)
+    assert_matches_reference(out, h, W, b, 1.3, 5, rows)
+
+
+@kernel_test
+def test_draw_is_a_function_of_seed_and_row_id():
+    h, W, b, rows = make_inputs(torch.float32, seed=2)
+    first = fused_sample(h, W, b, temperature=1.0, seed=3, rows=rows, use_triton=True)
+    again = fused_sample(h, W, b, temperature=1.0, seed=3, rows=rows, use_triton=True)
+    assert all(torch.equal(a, b_) for a, b_ in zip(first, again))
+    # a row keeps its draw wherever it sits in the batch (rank layout, micro-batch split)
+    perm = torch.randperm(M, generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    moved = fused_sample(h[perm], W, b, temperature=1.0, seed=3, rows=rows[perm], use_triton=True)
+    assert torch.equal(moved.tokens, first.tokens[perm])
+    other = fused_sample(h, W, b, temperature=1.0, seed=4, rows=rows, use_triton=True)
+    assert (other.tokens != first.tokens).float().mean() > 0.5
+
+
+@kernel_test
+@pytest.mark.parametrize("temperature", [1.0, 1.5, 3.0])
+def test_draws_follow_softmax(temperature):
+    """Chi-square goodness of fit of 6000 draws (same h, distinct row ids) to softmax(z / T)."""
+    stats = pytest.importorskip("scipy.stats")
+    num_draws, v, hdim = 6000, 23, 16
+    h, W, b, _ = make_inputs(torch.float32, m=1, v=v, h=hdim, seed=3)
+    h = h.expand(num_draws, hdim)
+    rows = torch.arange(num_draws, device=DEVICE) + 10**9
+    out = fused_sample(h, W, b, temperature=temperature, seed=11, rows=rows, use_triton=True)
+    observed = torch.bincount(out.tokens.cpu(), minlength=v).double()
+
+    def p_value(t):
+        logits = (h[0].double() @ W.double().T + b.double()).cpu() / t
+        expected = torch.softmax(logits, dim=-1) * num_draws
+        # pool the rare tokens into one bin so that every bin expects at least 5 draws
+        rare = expected < 5
+        obs = torch.cat([observed[~rare], observed[rare].sum().reshape(1)])
+        exp = torch.cat([expected[~rare], expected[rare].sum().reshape(1)])
+        if not rare.any():
+            obs, exp = obs[:-1], exp[:-1]
+        return stats.chisquare(obs.numpy(), exp.numpy()).pvalue
+
+    # H0 holds: accept at the 0.1% level, i.e. statistic < chi2.ppf(0.999, bins - 1) (48.3 for
+    # 23 bins); the seeds are fixed, so the outcome is deterministic
+    assert p_value(temperature) > 1e-3
+    # and the test has power: a 30% wrong temperature is rejected
+    assert p_value(temperature * 1.3) < 1e-3
+
+
+def test_dispatch(monkeypatch):
+    cpu = torch.zeros(1)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert not use_triton_for(None, cpu)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert use_triton_for(None, cpu)
+    assert not use_triton_for(False, cpu)
+    h, W, b, rows = make_inputs(torch.float32, device="cpu")
+    out = fused_sample(h, W, b, temperature=1.0, seed=1, rows=rows, use_triton=False)
+    ref = sample_reference(h, W, b, 1.0, 1, rows)
+    assert all(torch.equal(a, r) for a, r in zip(out, ref))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gpu_realistic_size(dtype):
+    """Compiled kernel on CUDA at ELECTRA-base sizes: 4096 masked rows, BERT vocabulary."""
+    h, W, b, rows = make_inputs(dtype, m=4096, v=30522, h=768, device="cuda")
+    out = fused_sample(h, W, b, temperature=1.5, seed=123, rows=rows)
+    assert_matches_reference(out, h, W, b, 1.5, 123, rows)
+    u, _ = sampler_triton.noise(123, rows[:64], 30522)
+    cols = torch.arange(30522, device="cuda")
+    assert torch.equal(u, rng.uniform_from_keys(rng.row_keys(123, rows[:64]), cols))

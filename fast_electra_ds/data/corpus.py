@@ -1,0 +1,273 @@
+"""Reading a corpus as a stream of documents, and writing output folders atomically.
+
+Inputs are files or globs. The `datasets` builder is chosen by extension:
+    .json / .jsonl  -> "json":    one record per document, its `text_key` field, split on "\\n"
+    .parquet        -> "parquet": the same
+    anything else   -> "text":    a document is a run of non-blank lines; blank lines separate them
+Files are read one at a time, in the order given (globs expand sorted), with `streaming=True`, so a
+document never spans two files and memory holds one batch of lines, never the corpus.
+
+UTF-8: before anything is read, each text / JSON file gets a streaming binary scan. With
+errors="strict" the first invalid byte is a UserError naming the file, byte offset and line. With
+errors="skip" a file that holds invalid bytes is copied, without its invalid lines, into a scratch
+folder and read from there (exact: a line is kept iff its bytes are valid UTF-8; the copy costs
+disk only for files that need it); the number of skipped lines is printed and kept in
+`Corpus.num_skipped_lines`. Parquet strings are UTF-8 by construction.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import glob
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from fast_electra_ds.errors import UserError
+
+_BUILDER_BY_SUFFIX = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+_SCAN_CHUNK_BYTES = 1 << 20
+_BATCH_ROWS = 1000  # rows per batch pulled from `datasets`
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input file."""
+
+    path: Path
+    builder: str  # "text" | "json" | "parquet": the `datasets` packaged builder that reads it
+    size_bytes: int
+
+
+def resolve_inputs(inputs: Sequence[str]) -> list[Source]:
+    """Files and globs -> existing, non-empty files in the given order (each glob sorted)."""
+    if not inputs:
+        raise UserError("no input given: pass --input FILE_OR_GLOB ...")
+    sources: list[Source] = []
+    for item in inputs:
+        if glob.has_magic(item):
+            matches = sorted(glob.glob(item, recursive=True))
+            files = [Path(m) for m in matches if os.path.isfile(m)]
+            if not files:
+                raise UserError(f"input glob {item!r} matches no file; check the pattern (quote it "
+                                f"so that the shell does not expand it) and the directory")
+        else:
+            path = Path(item)
+            if path.is_dir():
+                raise UserError(f"input {item} is a directory; pass its files or a glob such as "
+                                f"'{path / '*.txt'}'")
+            if not path.is_file():
+                raise UserError(f"input file {item} does not exist; check the path")
+            files = [path]
+        for path in files:
+            size = path.stat().st_size
+            if size == 0:
+                raise UserError(f"input file {path} is empty; remove it from --input")
+            builder = _BUILDER_BY_SUFFIX.get(path.suffix.lower(), "text")
+            sources.append(Source(path=path, builder=builder, size_bytes=size))
+    return sources
+
+
+def find_invalid_utf8(path: Path) -> tuple[int, int] | None:
+    """(byte offset, 1-based line number) of the first byte that is not valid UTF-8, or None.
+
+    Streams the file in 1 MiB chunks; a multi-byte character cut by a chunk boundary is carried
+    into the next chunk (utf_8_decode with final=False leaves it unconsumed).
+    """
+    offset = 0  # file offset of `pending[0]`
+    lines_before = 0  # newlines before `offset`
+    pending = b""
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(_SCAN_CHUNK_BYTES)
+            final = not chunk
+            data = pending + chunk
+            try:
+                _, consumed = codecs.utf_8_decode(data, "strict", final)
+            except UnicodeDecodeError as e:
+                return offset + e.start, lines_before + data.count(b"\n", 0, e.start) + 1
+            if final:
+                return None
+            lines_before += data.count(b"\n", 0, consumed)
+            offset += consumed
+            pending = data[consumed:]
+
+
+def _copy_valid_lines(src: Path, dst: Path) -> int:
+    """Copy the lines of `src` that are valid UTF-8 to `dst`; returns the number dropped."""
+    dropped = 0
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        for line in fin:  # one line in memory at a time; the tokenizer needs whole lines anyway
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                dropped += 1
+                continue
+            fout.write(line)
+    return dropped
+
+
+class Corpus:
+    """Validated inputs, read on demand as documents (lists of lines).
+
+    Construction does every check that needs no tokenizer: inputs exist and are non-empty, text
+    and JSON files are UTF-8 (errors="strict") and JSON / parquet records hold `text_key`.
+    """
+
+    def __init__(self, inputs: Sequence[str], *, text_key: str = "text", errors: str = "strict"):
+        if errors not in ("strict", "skip"):
+            raise UserError(f"errors must be 'strict' or 'skip', got {errors!r}")
+        self.sources = resolve_inputs(inputs)
+        self.text_key, self.errors = text_key, errors
+        self.num_skipped_lines = 0
+        self._needs_cleaning: set[Path] = set()
+        for src in self.sources:
+            if src.builder == "parquet":
+                continue
+            bad = find_invalid_utf8(src.path)
+            if bad is None:
+                continue
+            if errors == "strict":
+                byte_offset, line = bad
+                raise UserError(
+                    f"{src.path} is not valid UTF-8: invalid byte at offset {byte_offset} "
+                    f"(line {line}). Pass --errors skip to drop such lines, or convert the file, "
+                    f"e.g. iconv -f LATIN1 -t UTF-8 {src.path} > fixed.txt")
+            self._needs_cleaning.add(src.path)
+        for src in self.sources:
+            if src.builder != "text" and src.path not in self._needs_cleaning:
+                self._check_text_key(src.path, src.builder)
+
+    def documents(self, scratch_dir: Path | None = None) -> Iterator[list[str]]:
+        """Every non-empty document of every source, in order, as its lines (without newlines).
+
+        `scratch_dir` receives cleaned copies of files with invalid UTF-8 (errors="skip"); each
+        copy is deleted once read. Defaults to the system temp folder.
+        """
+        self.num_skipped_lines = 0
+        for src in self.sources:
+            if src.path not in self._needs_cleaning:
+                yield from self._read(src.path, src.builder)
+                continue
+            with tempfile.TemporaryDirectory(dir=scratch_dir, prefix="clean-") as folder:
+                clean = Path(folder) / src.path.name
+                dropped = _copy_valid_lines(src.path, clean)
+                self.num_skipped_lines += dropped
+                print(f"warning: skipped {dropped} line(s) of {src.path} that are not valid UTF-8",
+                      file=sys.stderr)
+                if src.builder != "text":
+                    self._check_text_key(clean, src.builder, shown_as=src.path)
+                yield from self._read(clean, src.builder)
+
+    # ----------------------------------------------------------------------------------------
+
+    def _read(self, path: Path, builder: str) -> Iterator[list[str]]:
+        if builder == "text":
+            yield from _text_documents(_stream(path, "text"))
+            return
+        for batch in _stream(path, builder):
+            for text in batch[self.text_key]:
+                if text is None:
+                    continue
+                if not isinstance(text, str):
+                    raise UserError(f"{path}: field {self.text_key!r} holds "
+                                    f"{type(text).__name__} values, not text; pass --text-key "
+                                    f"naming the text field")
+                lines = text.split("\n")
+                if any(line.strip() for line in lines):
+                    yield lines
+
+    def _check_text_key(self, path: Path, builder: str, shown_as: Path | None = None) -> None:
+        first = next(iter(_stream(path, builder)), None)
+        if first is None:
+            raise UserError(f"{shown_as or path} holds no records; remove it from --input")
+        if self.text_key not in first:
+            raise UserError(f"{shown_as or path}: records have no field {self.text_key!r} "
+                            f"(fields: {', '.join(sorted(first))}); pass --text-key with the "
+                            f"field that holds the text")
+
+
+def _stream(path: Path, builder: str) -> Iterator[dict[str, list]]:
+    """Batches (column -> list of values) of one file through a streaming `datasets` builder."""
+    from datasets import load_dataset  # imported here: it takes ~1 s and only reading needs it
+
+    ds = load_dataset(builder, data_files=[str(path)], streaming=True, split="train")
+    return ds.iter(batch_size=_BATCH_ROWS)
+
+
+def _text_documents(batches: Iterator[dict[str, list]]) -> Iterator[list[str]]:
+    """Runs of non-blank lines; one or more blank (or whitespace-only) lines end a document."""
+    doc: list[str] = []
+    for batch in batches:
+        for line in batch["text"]:
+            if line.strip():
+                doc.append(line)
+            elif doc:
+                yield doc
+                doc = []
+    if doc:
+        yield doc
+
+
+# --------------------------------------------------------------------------------------------
+# Output folders: built beside their destination, renamed into place only when complete.
+
+
+def check_output_dir(output: Path, *, overwrite: bool, marker: str, inputs: Sequence[Path] = (),
+                     ) -> None:
+    """Refuse a non-empty `output` unless `overwrite`; even then, replace only a folder that this
+    package wrote (it holds `marker`) and that holds none of the inputs."""
+    if output.exists() and not output.is_dir():
+        raise UserError(f"output {output} exists and is not a directory; choose another --output")
+    if not output.is_dir() or not any(output.iterdir()):
+        return
+    if not overwrite:
+        raise UserError(f"output {output} already exists; pass --overwrite to replace it, or "
+                        f"choose another --output")
+    if not (output / marker).is_file():
+        raise UserError(f"output {output} is not empty and holds no {marker}, so it was not "
+                        f"written by this command; --overwrite will not delete it: remove it "
+                        f"yourself or choose another --output")
+    resolved = output.resolve()
+    for path in inputs:
+        if resolved in path.resolve().parents:
+            raise UserError(f"input {path} is inside the output {output}; --overwrite would "
+                            f"delete it: choose another --output")
+
+
+@contextlib.contextmanager
+def staged_output_dir(output: Path) -> Iterator[Path]:
+    """Yield an empty sibling folder `OUTPUT.tmp-<pid>`; on success it replaces `output`.
+
+    On any exception, KeyboardInterrupt included, the temporary folder is deleted and `output`
+    is left as it was. An existing `output` is moved aside, the new one renamed in, then the old
+    one deleted, so at every instant either the old or the new complete folder is in place
+    (a hard kill, SIGKILL, can leave OUTPUT.tmp-<pid> behind, never a partial OUTPUT).
+    """
+    output = output.absolute()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f"{output.name}.tmp-{os.getpid()}")
+    if tmp.exists():  # left by an earlier process that had the same pid and was killed
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if output.exists():
+            old = output.with_name(f"{output.name}.old-{os.getpid()}")
+            os.rename(output, old)
+            try:
+                os.rename(tmp, output)
+            except BaseException:
+                os.rename(old, output)
+                raise
+            shutil.rmtree(old)
+        else:
+            os.rename(tmp, output)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

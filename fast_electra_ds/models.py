@@ -1,0 +1,106 @@
+"""Model construction: the one place Hugging Face model classes are built from our config.
+
+The discriminator is an `ElectraForPreTraining` (encoder + per-token "replaced?" head), the
+generator trained here (mode=electra/mlm) an `ElectraForMaskedLM`. Both save with
+`save_pretrained` into folders that the HF ecosystem (and `FrozenGenerator.load`) reads directly.
+A frozen generator loaded from disk is not built here: see generator.py.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
+
+from fast_electra_ds.config import GeneratorConfig, ModelConfig
+
+
+def build_discriminator(model_cfg: ModelConfig, *, vocab_size: int,
+                        pad_id: int) -> ElectraForPreTraining:
+    """A freshly initialized discriminator whose shape is given by `model_cfg`."""
+    config = ElectraConfig(
+        vocab_size=vocab_size,
+        embedding_size=model_cfg.embedding_size,
+        hidden_size=model_cfg.hidden_size,
+        num_hidden_layers=model_cfg.num_layers,
+        num_attention_heads=model_cfg.num_heads,
+        intermediate_size=model_cfg.intermediate_size,
+        hidden_act="gelu",
+        hidden_dropout_prob=model_cfg.hidden_dropout,
+        attention_probs_dropout_prob=model_cfg.attention_dropout,
+        max_position_embeddings=model_cfg.max_position_embeddings,
+        pad_token_id=pad_id,
+    )
+    return ElectraForPreTraining(config)
+
+
+def build_generator(gen_cfg: GeneratorConfig, *, embedding_size: int,
+                    max_position_embeddings: int, vocab_size: int, pad_id: int,
+                    hidden_dropout: float = 0.1,
+                    attention_dropout: float = 0.1) -> ElectraForMaskedLM:
+    """A freshly initialized masked-LM generator (mode=electra/mlm).
+
+    `embedding_size` and `max_position_embeddings` come from the discriminator's ModelConfig so
+    that mode=electra can share the embedding tables (see `tie_embeddings`); the output layer is
+    tied to the word embeddings, as in ELECTRA.
+    """
+    config = ElectraConfig(
+        vocab_size=vocab_size,
+        embedding_size=embedding_size,
+        hidden_size=gen_cfg.hidden_size,
+        num_hidden_layers=gen_cfg.num_layers,
+        num_attention_heads=gen_cfg.num_heads,
+        intermediate_size=gen_cfg.intermediate_size,
+        hidden_act="gelu",
+        hidden_dropout_prob=hidden_dropout,
+        attention_probs_dropout_prob=attention_dropout,
+        max_position_embeddings=max_position_embeddings,
+        pad_token_id=pad_id,
+        tie_word_embeddings=True,
+    )
+    return ElectraForMaskedLM(config)
+
+
+def tie_embeddings(generator: ElectraForMaskedLM, discriminator: ElectraForPreTraining) -> None:
+    """Make the generator use the discriminator's embedding module (mode=electra).
+
+    As in the original ELECTRA (both models read the same `electra/embeddings` variable scope),
+    the word, position and token-type tables and the embedding LayerNorm become the very same
+    Parameters, so a gradient from either model updates both. Sharing the whole module (rather
+    than swapping single Parameters) keeps HF's own re-tying (`tie_weights`, run again by
+    `save_pretrained`/`from_pretrained`) pointing at the shared table. The generator's output
+    layer is re-pointed to the shared word embeddings. Each model keeps its own
+    `embeddings_project` (embedding_size -> its hidden_size).
+    """
+    g, d = generator.config, discriminator.config
+    for name in ("vocab_size", "embedding_size", "max_position_embeddings", "type_vocab_size"):
+        assert getattr(g, name) == getattr(d, name), (name, getattr(g, name), getattr(d, name))
+    shared = discriminator.electra.embeddings
+    generator.electra.embeddings = shared
+    if g.tie_word_embeddings:
+        generator.generator_lm_head.weight = shared.word_embeddings.weight
+    assert generator.get_input_embeddings().weight is discriminator.get_input_embeddings().weight
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two AdamW parameter groups: matrices and embeddings decay, biases and norms do not.
+
+    Norms are recognized by class name (LayerNorm, RMSNorm, ... in HF and torch alike). A tied
+    parameter appears once (an optimizer must not step a shared tensor twice); frozen parameters
+    are left out.
+    """
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    seen: set[int] = set()
+    # named_modules() yields a shared module once, so tied embeddings are visited once as well;
+    # `seen` also catches a Parameter tied across different modules (lm_head.weight = word emb.)
+    for module in model.modules():
+        is_norm = "norm" in type(module).__name__.lower()
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad or id(param) in seen:
+                continue
+            seen.add(id(param))
+            (no_decay if is_norm or name == "bias" else decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]

@@ -1,0 +1,218 @@
+"""One nn.Module per training mode: a batch in, a loss and metrics out.
+
+  fast-electra  FastElectraObjective(discriminator): the frozen generator corrupted the batch
+                outside the engine; this module only scores replaced-token detection (RTD).
+  electra       ElectraObjective(generator, discriminator): both models in one module (one
+                engine, one optimizer), embeddings shared; L = L_MLM + rtd_weight * L_RTD.
+  mlm           MLMObjective(generator): masked-LM training, e.g. of a generator for fast-electra.
+
+Every forward returns {"loss": scalar with graph, **metrics}. Metrics are float64 scalar tensors
+holding sums and counts, never means, so that micro-batches and ranks combine by plain addition
+(one all-reduce of the stacked values); `finalize_metrics` divides at the end. The keys:
+
+  loss_sum, num_micro_batches      the loss itself (a mean per micro-batch, as the engine uses it)
+  rtd_loss_sum                     BCE summed over the non-padding tokens
+  rtd_replaced_total, rtd_replaced_correct, rtd_original_total, rtd_original_correct
+                                   non-padding tokens by true class, and the discriminator's
+                                   hits among them (logit > 0 means "replaced"); the names are
+                                   fast_electra_kernels.rtd_loss's COUNT_NAMES with an rtd_ prefix
+  num_slots, mlm_correct, mlm_loss_sum   used prediction slots; generator argmax hits; MLM CE
+  gen_entropy_sum, gen_num_replaced      sampling entropy at T; slots whose sample != original
+                                   (all but mlm_loss_sum also come from generator.corrupt)
+
+Temperature and seed are plain python numbers given per call, not module state, so a checkpoint
+holds weights only and the schedule stays in train.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from fast_electra_ds import generator as gen
+from fast_electra_ds.models import tie_embeddings
+
+_RTD_TOKENS = ("rtd_replaced_total", "rtd_original_total")  # together: the non-padding tokens
+
+# reported rate -> (numerator keys, denominator keys); left out when the denominator sums to 0
+_RATES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "loss": (("loss_sum",), ("num_micro_batches",)),
+    "rtd_loss": (("rtd_loss_sum",), _RTD_TOKENS),
+    "rtd_accuracy": (("rtd_replaced_correct", "rtd_original_correct"), _RTD_TOKENS),
+    "rtd_accuracy_replaced": (("rtd_replaced_correct",), ("rtd_replaced_total",)),
+    "rtd_accuracy_original": (("rtd_original_correct",), ("rtd_original_total",)),
+    "rtd_replaced_share": (("rtd_replaced_total",), _RTD_TOKENS),
+    "mlm_loss": (("mlm_loss_sum",), ("num_slots",)),
+    "mlm_accuracy": (("mlm_correct",), ("num_slots",)),
+    "gen_entropy": (("gen_entropy_sum",), ("num_slots",)),
+    "replace_rate": (("gen_num_replaced",), ("num_slots",)),
+}
+
+
+def _count(x: torch.Tensor) -> torch.Tensor:
+    return x.detach().sum().double()
+
+
+def rtd_loss(logits: torch.Tensor, labels: torch.Tensor,
+             attention_mask: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """Replaced-token detection loss: the plain-torch reference (a fused kernel must match it).
+
+    logits [B, L] (any float dtype; computed in fp32), labels [B, L] (1 = replaced),
+    attention_mask [B, L] (0 on padding). Returns the mean BCE-with-logits over non-padding
+    tokens ([CLS]/[SEP] included, as in ELECTRA) and the counts listed in the module doc.
+    """
+    logits = logits.float()
+    replaced = labels > 0.5  # [B, L]
+    real = attention_mask.bool()  # [B, L]
+    per_token = F.binary_cross_entropy_with_logits(logits, replaced.float(),
+                                                   reduction="none")  # [B, L]
+    loss_sum = torch.where(real, per_token, 0.0).sum()
+    num_tokens = real.sum()
+    loss = loss_sum / num_tokens.clamp_min(1)
+    hit = (logits > 0) == replaced  # [B, L]
+    counts = {
+        "rtd_loss_sum": loss_sum.detach().double(),
+        "rtd_replaced_total": _count(real & replaced),
+        "rtd_replaced_correct": _count(real & replaced & hit),
+        "rtd_original_total": _count(real & ~replaced),
+        "rtd_original_correct": _count(real & ~replaced & hit),
+    }
+    return loss, counts
+
+
+def mlm_loss(logits: torch.Tensor, labels: torch.Tensor,
+             weights: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """Weighted cross-entropy over the prediction slots.
+
+    logits [B, K, V], labels [B, K] (original tokens), weights [B, K] (0 on unused slots).
+    Returns the mean over used slots (fp32) and {mlm_loss_sum, num_slots, mlm_correct}.
+    """
+    b, k, v = logits.shape
+    per_slot = F.cross_entropy(logits.float().reshape(b * k, v), labels.reshape(b * k),
+                               reduction="none").view(b, k)  # [B, K]
+    loss_sum = (per_slot * weights).sum()
+    loss = loss_sum / weights.sum().clamp_min(1)
+    return loss, {"mlm_loss_sum": loss_sum.detach().double(),
+                  **gen.mlm_counts(logits, labels, weights)}
+
+
+def _loss_metrics(loss: torch.Tensor) -> dict:
+    return {"loss_sum": loss.detach().double(),
+            "num_micro_batches": torch.ones((), dtype=torch.float64, device=loss.device)}
+
+
+def _rtd_outputs(discriminator: nn.Module, corrupted_ids: torch.Tensor,
+                 attention_mask: torch.Tensor, rtd_labels: torch.Tensor) -> dict:
+    logits = discriminator(input_ids=corrupted_ids, attention_mask=attention_mask).logits  # [B, L]
+    loss, counts = rtd_loss(logits, rtd_labels, attention_mask)
+    return {"loss": loss, "logits": logits, **counts}
+
+
+class FastElectraObjective(nn.Module):
+    """mode=fast-electra: the discriminator alone; the engine wraps this module."""
+
+    def __init__(self, discriminator: nn.Module):
+        super().__init__()
+        self.discriminator = discriminator
+
+    def forward(self, corrupted_ids: torch.Tensor, attention_mask: torch.Tensor,
+                rtd_labels: torch.Tensor) -> dict:
+        """corrupted_ids [B, L], attention_mask [B, L], rtd_labels [B, L] from
+        FrozenGenerator.corrupt."""
+        out = self.rtd_outputs(corrupted_ids, attention_mask, rtd_labels)
+        del out["logits"]  # not a summable metric; the engine's output stays small
+        return {**out, **_loss_metrics(out["loss"])}
+
+    def rtd_outputs(self, corrupted_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    rtd_labels: torch.Tensor) -> dict:
+        """{"loss": the RTD loss, "logits": [B, L], RTD counts}, e.g. for evaluation (AUC)."""
+        return _rtd_outputs(self.discriminator, corrupted_ids, attention_mask, rtd_labels)
+
+
+class ElectraObjective(nn.Module):
+    """mode=electra: generator and discriminator trained jointly, as in the original ELECTRA.
+
+    The generator's embeddings become the discriminator's at construction (`tie_embeddings`).
+    Sampling is outside the graph: the discriminator's loss sends no gradient to the generator
+    except through the shared embeddings.
+    """
+
+    def __init__(self, generator: nn.Module, discriminator: nn.Module, rtd_weight: float = 50.0):
+        super().__init__()
+        tie_embeddings(generator, discriminator)
+        self.generator = generator
+        self.discriminator = discriminator
+        self.rtd_weight = rtd_weight
+
+    def forward(self, input_ids: torch.Tensor, masked_ids: torch.Tensor,
+                attention_mask: torch.Tensor, positions: torch.Tensor, labels: torch.Tensor,
+                weights: torch.Tensor, sample_ids: torch.Tensor, temperature: float,
+                seed: int) -> dict:
+        """The fields of a MaskedBatch (all [B, L] or [B, K], sample_ids [B]), T and the seed."""
+        gen_logits = gen.masked_logits(self.generator, masked_ids, attention_mask,
+                                       positions)  # [B, K, V]
+        mlm, mlm_metrics = mlm_loss(gen_logits, labels, weights)
+        corrupted_ids, rtd_labels, gen_metrics = gen.corrupt_from_logits(
+            gen_logits.detach(), input_ids=input_ids, positions=positions, weights=weights,
+            sample_ids=sample_ids, temperature=temperature, seed=seed)  # [B, L], [B, L]
+        rtd_metrics = self.rtd_outputs(corrupted_ids, attention_mask, rtd_labels)
+        del rtd_metrics["logits"]
+        loss = mlm + self.rtd_weight * rtd_metrics.pop("loss")
+        return {"loss": loss, **_loss_metrics(loss), **mlm_metrics, **gen_metrics, **rtd_metrics}
+
+    def rtd_outputs(self, corrupted_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    rtd_labels: torch.Tensor) -> dict:
+        """The discriminator half alone (see FastElectraObjective.rtd_outputs)."""
+        return _rtd_outputs(self.discriminator, corrupted_ids, attention_mask, rtd_labels)
+
+
+class MLMObjective(nn.Module):
+    """mode=mlm: a masked LM on its own (save the generator with save_pretrained afterwards)."""
+
+    def __init__(self, generator: nn.Module):
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, masked_ids: torch.Tensor, attention_mask: torch.Tensor,
+                positions: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> dict:
+        logits = gen.masked_logits(self.generator, masked_ids, attention_mask,
+                                   positions)  # [B, K, V]
+        loss, metrics = mlm_loss(logits, labels, weights)
+        return {"loss": loss, **_loss_metrics(loss), **metrics}
+
+
+def sum_metrics(dicts: Iterable[Mapping[str, torch.Tensor | float]]) -> dict[str, float]:
+    """Add up the metric sums and counts of several micro-batches (the "loss" entry is skipped).
+
+    One device-to-host copy for all keys, not one per key.
+    """
+    dicts = list(dicts)
+    keys = sorted({k for d in dicts for k in d if k != "loss"})
+    if not keys:
+        return {}
+    device = next((v.device for d in dicts for k, v in d.items()
+                   if k != "loss" and isinstance(v, torch.Tensor)), torch.device("cpu"))
+    totals = torch.stack([
+        sum(torch.as_tensor(d[k], dtype=torch.float64, device=device) for d in dicts if k in d)
+        for k in keys])  # [num_keys]
+    return dict(zip(keys, totals.tolist()))
+
+
+def finalize_metrics(dicts: Iterable[Mapping[str, torch.Tensor | float]]) -> dict[str, float]:
+    """Rates from summed metrics: {"loss": ..., "rtd_accuracy": ..., "replace_rate": ...}.
+
+    Give it the per-micro-batch dicts of one rank, or dicts already summed across ranks. Counts
+    whose name starts with num_ (num_slots, num_micro_batches) are passed through as well.
+    """
+    total = sum_metrics(dicts)
+    out: dict[str, float] = {}
+    for name, (numerators, denominators) in _RATES.items():
+        if all(k in total for k in numerators + denominators):
+            den = sum(total[k] for k in denominators)
+            if den > 0:
+                out[name] = sum(total[k] for k in numerators) / den
+    out.update({k: v for k, v in total.items() if k.startswith("num_")})
+    return out

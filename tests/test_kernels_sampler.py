@@ -107,7 +107,7 @@ def test_matches_reference(dtype, bias, temperature):
 def test_small_tiles_and_vocabulary_splits(num_splits):
     # 16 x 32 tiles over H in steps of 16: 4 row blocks, 10 vocabulary tiles, 5 steps along H
     h, W, b, rows = make_inputs(torch.float32, seed=1)
-    tokens, lse, expected = sampler_triton.fused_sample(
+    tokens, lse, expected = sampler_triton.sample(
         h, W, b, 1.3, 5, rows, block_m=16, block_v=32, block_k=16, num_splits=num_splits)
     out = sample_reference(h, W, b, 1.3, 5, rows)._replace(
         tokens=tokens, lse=lse, expected_logit=expected)

@@ -67,5 +67,5 @@ def fused_sample(h: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None, *,
         # kernels are compiled or interpreted (TRITON_INTERPRET is read at decoration)
         from fast_electra_kernels import sampler_triton
 
-        return SampleOutput(*sampler_triton.fused_sample(h, W, b, temperature, seed, rows))
+        return SampleOutput(*sampler_triton.sample(h, W, b, temperature, seed, rows))
     return sample_reference(h, W, b, temperature, seed, rows)

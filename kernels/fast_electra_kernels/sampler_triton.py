@@ -116,7 +116,7 @@ def _fused_sample_kernel(
                 acc = tl.dot(h, w, acc)
         if HAS_BIAS:
             acc += tl.load(b_ptr + offs_v, mask=v_mask, other=0.0).to(tl.float32)[None, :]
-        # divide (not multiply by 1/T) to round as the reference's `logits / T` does
+        # divide, as the reference does (not multiply by 1/T, which rounds differently)
         z_finite = acc / temperature  # padded columns hold 0 here (zero-filled loads)
         z = tl.where(v_mask[None, :], z_finite, float("-inf"))
 
@@ -161,12 +161,14 @@ def noise(seed: int, rows: torch.Tensor, num_cols: int) -> tuple[torch.Tensor, t
     return u, g
 
 
-def _default_num_splits(h: torch.Tensor, num_row_blocks: int, num_tiles: int) -> int:
-    """Split the vocabulary when row blocks alone would leave streaming multiprocessors idle."""
-    if not h.is_cuda:
+def default_num_splits(device: torch.device, M: int, V: int, block_m: int = 64,
+                       block_v: int = 128) -> int:
+    """Vocabulary splits: enough for ~2 programs per SM when row blocks alone would leave SMs
+    idle (few masked rows); 1 on the CPU interpreter, which runs programs one after another."""
+    if device.type != "cuda":
         return 1
-    num_sms = torch.cuda.get_device_properties(h.device).multi_processor_count
-    return max(1, min(num_tiles, triton.cdiv(2 * num_sms, num_row_blocks)))
+    num_sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min(triton.cdiv(V, block_v), triton.cdiv(2 * num_sms, triton.cdiv(M, block_m))))
 
 
 def merge_partials(run_max, run_sum, run_dot, best, best_idx):
@@ -182,14 +184,14 @@ def merge_partials(run_max, run_sum, run_dot, best, best_idx):
     return tokens, lse, expected
 
 
-def fused_sample(h: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None, temperature: float,
-                 seed: int, rows: torch.Tensor, *, block_m: int = 64, block_v: int = 128,
-                 block_k: int | None = None, num_splits: int | None = None,
-                 num_warps: int = 8, num_stages: int = 3):
+def sample(h: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None, temperature: float,
+           seed: int, rows: torch.Tensor, *, block_m: int = 64, block_v: int = 128,
+           block_k: int | None = None, num_splits: int | None = None,
+           num_warps: int = 8, num_stages: int = 3):
     """Launch the fused sampler; returns (tokens [M] int64, lse [M] fp32, E[z] [M] fp32).
 
     Block sizes are fixed defaults, not tuned per device; `num_splits` (vocabulary splits, merged
-    afterwards) defaults to 1 on the CPU interpreter and to enough for ~2 programs per SM on CUDA.
+    afterwards) defaults to `default_num_splits`.
     """
     M, H = h.shape
     V = W.shape[0]
@@ -207,7 +209,7 @@ def fused_sample(h: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None, tempe
     num_row_blocks = triton.cdiv(M, block_m)
     num_tiles = triton.cdiv(V, block_v)
     if num_splits is None:
-        num_splits = _default_num_splits(h, num_row_blocks, num_tiles)
+        num_splits = default_num_splits(h.device, M, V, block_m, block_v)
     tiles_per_split = triton.cdiv(num_tiles, num_splits)
     num_splits = triton.cdiv(num_tiles, tiles_per_split)  # no empty split
 

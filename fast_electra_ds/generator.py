@@ -280,16 +280,17 @@ class FrozenGenerator:
         self.runtime = runtime  # what runs it, for logs: e.g. "torch cpu float32"
 
     @classmethod
-    def load(cls, path_or_hub_id: str, *, vocab_size: int, special_ids: Mapping[str, int],
+    def load(cls, path_or_hub_id: str, *, vocab_size: int,
+             special_ids: Mapping[str, int | None],
              device: torch.device | str = "cpu", dtype: str = "auto", kernel_inject: bool = True,
              vocab: Mapping[str, int] | None = None,
              logger: Callable[[str], None] = print) -> "FrozenGenerator":
         """Load, check against the data, and freeze a HF masked LM.
 
-        special_ids: the data's special-token ids by name (pad, cls, sep, mask, unk); each must
-        match the folder's tokenizer when it has one. vocab: optionally the data's full
-        token -> id map, compared with that tokenizer's. dtype: auto (fp16 on CUDA, fp32 on
-        CPU), fp16 (CUDA only), bf16 or fp32.
+        special_ids: the data's special-token ids by name (pad, cls, sep, mask, unk; None for
+        one the data lacks); each must match the folder's tokenizer when it has one.
+        vocab: optionally the data's full token -> id map, compared with that tokenizer's.
+        dtype: auto (fp16 on CUDA, fp32 on CPU), fp16 (CUDA only), bf16 or fp32.
         """
         device = torch.device(device)
         on_cuda = device.type == "cuda"
@@ -386,7 +387,7 @@ def _read_config(source: str, *, vocab_size: int):
     return config
 
 
-def _check_tokenizer(source: str, *, vocab_size: int, special_ids: Mapping[str, int],
+def _check_tokenizer(source: str, *, vocab_size: int, special_ids: Mapping[str, int | None],
                      vocab: Mapping[str, int] | None, logger: Callable[[str], None]) -> None:
     """UserError if the generator's own tokenizer (when it ships one) disagrees with the data."""
     from transformers import AutoTokenizer
@@ -409,7 +410,9 @@ def _check_tokenizer(source: str, *, vocab_size: int, special_ids: Mapping[str, 
         problems.append(f"its tokenizer has {len(tokenizer)} tokens, the data's {vocab_size}")
     for name, data_id in special_ids.items():
         gen_id = getattr(tokenizer, f"{name}_token_id", None)
-        if gen_id != data_id:
+        # a token the data lacks (None, e.g. no [UNK] in a byte-level vocabulary) never occurs in
+        # it, so the generator's id for it cannot clash
+        if data_id is not None and gen_id != data_id:
             problems.append(f"[{name.upper()}] is id {gen_id} there, {data_id} in the data")
     if vocab is not None:
         gen_vocab = tokenizer.get_vocab()
@@ -447,7 +450,8 @@ def _load_frozen(source: str) -> nn.Module:
 
 
 def _init_inference(model: nn.Module, reload: Callable[[], nn.Module], *, device: torch.device,
-                    dtype: torch.dtype, kernel_inject: bool, special_ids: Mapping[str, int],
+                    dtype: torch.dtype, kernel_inject: bool,
+                    special_ids: Mapping[str, int | None],
                     logger: Callable[[str], None]) -> tuple[nn.Module, str]:
     """Wrap `model` in DeepSpeed-Inference on `device`: with kernel injection when possible.
 
@@ -487,7 +491,8 @@ def _init_inference(model: nn.Module, reload: Callable[[], nn.Module], *, device
     return engine, f"deepspeed-inference {device} {dtype_name}"
 
 
-def _probe_batch(model: nn.Module, *, device: torch.device, special_ids: Mapping[str, int]
+def _probe_batch(model: nn.Module, *, device: torch.device,
+                 special_ids: Mapping[str, int | None]
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A fixed 2-row batch (the second half-padded) for comparing two runs of a model."""
     vocab_size = model.config.vocab_size
@@ -497,7 +502,7 @@ def _probe_batch(model: nn.Module, *, device: torch.device, special_ids: Mapping
     input_ids = ordinary[torch.randint(len(ordinary), (2, length), generator=gen)]  # [2, L]
     attention_mask = torch.ones(2, length, dtype=torch.int64)  # [2, L]
     attention_mask[1, length // 2:] = 0
-    if "pad" in special_ids:
+    if special_ids.get("pad") is not None:
         input_ids[1, length // 2:] = special_ids["pad"]
     positions = torch.arange(length // 2).expand(2, -1).contiguous()  # [2, K]
     return input_ids.to(device), attention_mask.to(device), positions.to(device)

@@ -149,12 +149,35 @@ def test_no_grad_and_partial_grad():
     torch.testing.assert_close(db, db_ref, **GRAD_TOL[torch.float32])
 
 
+@kernel_test
+def test_padding_only_batch_gives_zero_loss_and_gradients():
+    x, w, b, labels, _ = make_inputs((30,), 24, torch.float32)
+    mask = torch.zeros(30, dtype=torch.bool, device=DEVICE)
+    fused = run(lambda *a: fused_rtd_loss(*a, use_triton=True), x, w, b, labels, mask)
+    assert_close_to_reference(fused, run(rtd_loss_reference, x, w, b, labels, mask), torch.float32)
+    loss, counts, *grads = fused
+    assert loss.item() == 0.0 and all(int(c) == 0 for c in counts.values())
+    assert all(not g.any() for g in grads)
+
+
 def test_reference_path_when_triton_is_off():
     inputs = make_inputs((20,), 16, torch.float32, device="cpu")
     loss, counts = fused_rtd_loss(*inputs, use_triton=False)
     ref_loss, ref_counts = rtd_loss_reference(*inputs)
     assert torch.equal(loss, ref_loss)
     assert counts.keys() == ref_counts.keys()
+
+
+def test_reference_agrees_with_the_training_objective():
+    """rtd_loss_reference from (x, w, b) equals objectives.rtd_loss from the logits it implies."""
+    objectives = pytest.importorskip("fast_electra_ds.objectives")
+    x, w, b, labels, mask = make_inputs((4, 9), 16, torch.float32, device="cpu")
+    mask[1] = False  # a padding-only sequence among the others
+    loss, counts = rtd_loss_reference(x, w, b, labels, mask)
+    ref_loss, ref_counts = objectives.rtd_loss(x @ w + b, labels, mask)
+    torch.testing.assert_close(loss, ref_loss, **LOSS_TOL)
+    assert {k: int(v) for k, v in counts.items()} == {
+        k: int(ref_counts["rtd_" + k]) for k in COUNT_NAMES}
 
 
 @pytest.mark.gpu

@@ -4,9 +4,11 @@ Shapes:
   x       [..., H]  discriminator hidden states after ElectraDiscriminatorPredictions' dense layer
                     and activation (the input of its dense_prediction H -> 1)
   w       [H]       dense_prediction.weight (flattened); b [] or [1] dense_prediction.bias
-  labels  [...]     1 = replaced, 0 = original (float, int or bool); mask [...] 1 = real token
+  labels  [...]     1 = replaced, 0 = original (float, int or bool)
+  mask    [...]     nonzero = real token, 0 = padding (float, int or bool)
   z       [N]       logits x w + b in fp32 (N = number of positions in `...`)
-  loss    []        fp32 mean of BCE-with-logits(z, labels) over real tokens
+  loss    []        fp32 mean of BCE-with-logits(z, labels) over real tokens (0 if there are
+                    none, as in fast_electra_ds.objectives.rtd_loss)
   counts  dict of [] int64: replaced_correct, replaced_total, original_correct, original_total
           (a prediction is "replaced" when z > 0; padding is not counted)
 
@@ -35,9 +37,9 @@ def rtd_loss_reference(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, labels
     """Plain torch, fp32: masked mean of binary_cross_entropy_with_logits, and the counts."""
     z = x.reshape(-1, x.shape[-1]).float() @ w.float().reshape(-1) + b.float().reshape(())  # [N]
     y = labels.reshape(-1).float()
-    real = mask.reshape(-1).float()
-    loss = (F.binary_cross_entropy_with_logits(z, y, reduction="none") * real).sum() / real.sum()
-    is_real = real > 0
+    is_real = mask.reshape(-1) != 0
+    per_token = F.binary_cross_entropy_with_logits(z, y, reduction="none")  # [N]
+    loss = (per_token * is_real).sum() / is_real.sum().clamp_min(1)
     is_replaced = y > 0.5
     correct = ((z > 0) == is_replaced).detach()
     counts = torch.stack([

@@ -5,9 +5,9 @@ Shapes (N tokens, hidden size H, P programs):
                    (any float dtype, unit stride along H)
   w        [H]     dense_prediction weight; b [] or [1] its bias
   labels   [N]     1 = replaced, 0 = original (float, int or bool)
-  mask     [N]     1 = real token, 0 = padding (float, int or bool)
-  n_real   []      fp32 number of real tokens (a device tensor: no host sync)
-  z, dz    [N]     fp32 logits x w + b; dz = (sigmoid(z) - y) * mask / n_real, d loss / d z
+  mask     [N]     nonzero = real token, 0 = padding (float, int or bool)
+  n_real   []      fp32 max(1, number of real tokens) (a device tensor: no host sync)
+  z, dz    [N]     fp32 logits x w + b; dz = (sigmoid(z) - y) [mask != 0] / n_real = d loss / d z
   partials [P], [P, 4], [P, H]   per-program loss sums, counts, and dw = sum_n dz_n x_n
   dx       [N, H]  g * dz[:, None] * w[None, :] (g = d out / d loss), x's dtype
 
@@ -57,12 +57,12 @@ def _rtd_forward_kernel(
                     mask=row_mask[:, None] & col_mask[None, :], other=0.0).to(tl.float32)
         z = tl.sum(x * w[None, :], axis=1) + b
         y = tl.load(y_ptr + rows, mask=row_mask, other=0).to(tl.float32)
-        real = tl.load(mask_ptr + rows, mask=row_mask, other=0).to(tl.float32)
+        is_real = tl.load(mask_ptr + rows, mask=row_mask, other=0) != 0
+        real = is_real.to(tl.float32)
 
         # BCE with logits, stable form: max(z, 0) - z y + log(1 + exp(-|z|))
         loss_acc += (tl.maximum(z, 0.0) - z * y + tl.log(1.0 + tl.exp(-tl.abs(z)))) * real
 
-        is_real = real > 0
         is_replaced = y > 0.5
         correct = (z > 0) == is_replaced
         rep_total += (is_real & is_replaced).to(tl.int32)
@@ -130,7 +130,8 @@ def forward(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, labels: torch.Ten
     if num_programs is None:
         num_programs = _default_num_programs(x, num_row_blocks)
     labels, mask = _as_loadable(labels), _as_loadable(mask)
-    n_real = mask.sum(dtype=torch.float32)
+    # clamped as in objectives.rtd_loss: a micro-batch of padding only gives loss 0, not nan
+    n_real = (mask != 0).sum(dtype=torch.float32).clamp_min(1)
 
     device = x.device
     loss_part = torch.empty(num_programs, dtype=torch.float32, device=device)

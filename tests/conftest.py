@@ -1,0 +1,89 @@
+"""Shared fixtures: a slice of the bundled corpus, a tokenizer trained on it, and a dataset.
+
+All session-scoped and built once (a few seconds in all); treat them as read-only: a test that
+modifies a dataset copies it first (`copy_dataset`).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+KJV = REPO_ROOT / "corpus" / "kjv.txt"
+TINY_CORPUS_LINES = 3000
+TINY_VOCAB_SIZE = 2000
+TINY_SEQ_LEN = 64
+TINY_VALID_FRACTION = 0.05
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> Path:
+    """The first 3000 lines of corpus/kjv.txt (about 100 chapters = documents), as a text file."""
+    path = tmp_path_factory.mktemp("corpus") / "kjv_head.txt"
+    with open(KJV, encoding="utf-8") as f:
+        path.write_text("".join(line for _, line in zip(range(TINY_CORPUS_LINES), f)),
+                        encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tmp_path_factory, tiny_corpus) -> Path:
+    """Folder of a lowercasing WordPiece tokenizer (vocab 2000) trained on `tiny_corpus`;
+    load it with `fast_electra_ds.data.tokenizer.load_tokenizer(str(path))`."""
+    from fast_electra_ds.data.tokenizer import train_tokenizer
+
+    out = tmp_path_factory.mktemp("tokenizer") / "tok"
+    return train_tokenizer([str(tiny_corpus)], vocab_size=TINY_VOCAB_SIZE, output=str(out))
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory, tiny_corpus, tiny_tokenizer) -> Path:
+    """Folder written by prepare-data from `tiny_corpus` with seq_len 64 (the tiny recipe's) and
+    5% of the documents in valid; pass it as data.paths=[str(path)]."""
+    from fast_electra_ds.data.prepare import prepare_data
+
+    out = tmp_path_factory.mktemp("dataset") / "tiny"
+    prepare_data([str(tiny_corpus)], tokenizer=str(tiny_tokenizer), seq_len=TINY_SEQ_LEN,
+                 output=str(out), valid_fraction=TINY_VALID_FRACTION)
+    return out
+
+
+@pytest.fixture
+def tokenizer_without(tmp_path):
+    """A function returning a fast tokenizer folder whose vocabulary and config lack the given
+    special tokens (e.g. {"[MASK]"}), as a tokenizer from elsewhere might."""
+    def make(missing: set[str]) -> Path:
+        from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+        from transformers import PreTrainedTokenizerFast
+
+        from fast_electra_ds.data.tokenizer import SPECIAL_TOKENS
+
+        specials = [t for t in SPECIAL_TOKENS if t not in missing]
+        backend = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        backend.normalizer = normalizers.BertNormalizer()
+        backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        backend.train_from_iterator(
+            ["in the beginning god created the heaven and the earth"] * 5,
+            trainers.WordPieceTrainer(vocab_size=100, special_tokens=specials,
+                                      show_progress=False))
+        attr = {"[PAD]": "pad_token", "[UNK]": "unk_token", "[CLS]": "cls_token",
+                "[SEP]": "sep_token", "[MASK]": "mask_token"}
+        tok = PreTrainedTokenizerFast(tokenizer_object=backend, **{attr[t]: t for t in specials})
+        out = tmp_path / ("tok-without-" + "-".join(sorted(t.strip("[]").lower()
+                                                           for t in missing)))
+        tok.save_pretrained(str(out))
+        return out
+    return make
+
+
+@pytest.fixture
+def copy_dataset(tmp_path, tiny_dataset):
+    """A function returning a private copy of `tiny_dataset`, safe to modify."""
+    def copy(name: str = "copy") -> Path:
+        dst = tmp_path / name
+        shutil.copytree(tiny_dataset, dst)
+        return dst
+    return copy

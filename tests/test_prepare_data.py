@@ -1,0 +1,389 @@
+"""prepare-data: exact round trip of the text, packing, split, formats, and every bad input.
+
+Bad inputs go through the real CLI (`python -m fast_electra_ds prepare-data`), checking exit
+status 2, the message, and that nothing was created or overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from fast_electra_ds.data import prepare
+from fast_electra_ds.data.indexed import IndexedReader
+from fast_electra_ds.data.prepare import in_valid, pack_document, prepare_data, read_manifest
+from fast_electra_ds.data.tokenizer import load_tokenizer, tokenizer_fingerprint
+from fast_electra_ds.errors import UserError
+
+from conftest import KJV, TINY_SEQ_LEN, TINY_VALID_FRACTION
+
+
+def text_documents(path: Path) -> list[list[str]]:
+    """Documents of a plain-text file, read without `datasets`: runs of non-blank lines."""
+    docs, doc = [], []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            doc.append(line)
+        elif doc:
+            docs.append(doc)
+            doc = []
+    return docs + ([doc] if doc else [])
+
+
+def stored_documents(prefix: Path) -> list[list[np.ndarray]]:
+    """The sequences of each stored document, in stored order."""
+    reader = IndexedReader(prefix)
+    bounds = reader.document_indices
+    return [[reader[i] for i in range(bounds[d], bounds[d + 1])]
+            for d in range(len(bounds) - 1)]
+
+
+def expected_split(docs: list, seed: int, valid_fraction: float) -> tuple[list, list]:
+    """(train, valid) documents by the documented rule, including the last-document fallback."""
+    train = [d for i, d in enumerate(docs) if not in_valid(seed, i, valid_fraction)]
+    valid = [d for i, d in enumerate(docs) if in_valid(seed, i, valid_fraction)]
+    if valid_fraction > 0 and not valid and len(train) >= 2:
+        valid = [train.pop()]
+    return train, valid
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fast_electra_ds", "prepare-data", *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+# --------------------------------------------------------------------------------------------
+# Round trip
+
+
+def test_round_trip_is_exact(tiny_corpus, tiny_tokenizer, tiny_dataset):
+    """Stored token ids, document by document, equal the direct tokenization of the source's
+    lines, and decode to the normalized words of the source text."""
+    tok = load_tokenizer(str(tiny_tokenizer))
+    specials = {tok.cls_token_id, tok.sep_token_id, tok.pad_token_id}
+    train_docs, valid_docs = expected_split(text_documents(tiny_corpus), seed=1234,
+                                            valid_fraction=TINY_VALID_FRACTION)
+    assert len(valid_docs) >= 1 and len(train_docs) > 10 * len(valid_docs)
+    normalizer, pre_tokenizer = tok.backend_tokenizer.normalizer, tok.backend_tokenizer.pre_tokenizer
+
+    for split, docs in (("train", train_docs), ("valid", valid_docs)):
+        stored = stored_documents(tiny_dataset / split)
+        assert len(stored) == len(docs)
+        for lines, sequences in zip(docs, stored):
+            ids = [int(t) for s in sequences for t in s if int(t) not in specials]
+            direct = [t for line in lines
+                      for t in tok(line, add_special_tokens=False)["input_ids"]]
+            assert ids == direct
+            # independent of the tokenizer call: WordPiece tokens glued back into words
+            words: list[str] = []
+            for token in tok.convert_ids_to_tokens(ids):
+                if token.startswith("##"):
+                    words[-1] += token[2:]
+                else:
+                    words.append(token)
+            source_words = [w for line in lines
+                            for w, _ in pre_tokenizer.pre_tokenize_str(
+                                normalizer.normalize_str(line))]
+            assert words == source_words
+            # packing: [CLS] body [SEP], all full length but the document's last
+            for k, s in enumerate(sequences):
+                assert s[0] == tok.cls_token_id and s[-1] == tok.sep_token_id
+                assert (len(s) == TINY_SEQ_LEN) if k < len(sequences) - 1 else len(s) <= TINY_SEQ_LEN
+    first = stored_documents(tiny_dataset / "train")[0]
+    assert tok.decode(first[0][1:-1]).startswith("in the beginning god created the heaven and "
+                                                 "the earth. and the earth was without form")
+
+
+def test_manifest(tiny_dataset, tiny_tokenizer, tiny_corpus):
+    m = read_manifest(tiny_dataset)
+    tok = load_tokenizer(str(tiny_tokenizer))
+    assert m["format_version"] == prepare.FORMAT_VERSION
+    assert m["tokenizer"] == str(tiny_tokenizer.resolve())
+    assert m["tokenizer_fingerprint"] == tokenizer_fingerprint(tok)
+    assert m["vocab_size"] == len(tok) and m["dtype"] == "uint16" and m["seq_len"] == TINY_SEQ_LEN
+    assert m["special_token_ids"] == {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
+    assert m["sources"] == [{"path": str(tiny_corpus.resolve()),
+                             "size_bytes": tiny_corpus.stat().st_size}]
+    assert m["skipped_lines"] == 0 and m["created_at"] and m["package_version"]
+    for split in ("train", "valid"):
+        stats, reader = m["splits"][split], IndexedReader(tiny_dataset / split)
+        assert stats["num_sequences"] == len(reader)
+        assert stats["num_tokens"] == int(reader.sequence_lengths.sum())
+        assert stats["num_documents"] == len(reader.document_indices) - 1
+        assert stats["padding_fraction"] == pytest.approx(
+            1 - stats["num_tokens"] / (stats["num_sequences"] * TINY_SEQ_LEN), abs=1e-6)
+
+
+def test_megatron_reads_the_files_and_agrees(tiny_dataset):
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    for split in ("train", "valid"):
+        theirs = IndexedDataset(str(tiny_dataset / split), mmap=True)
+        ours = IndexedReader(tiny_dataset / split)
+        assert len(theirs) == len(ours) > 0
+        assert np.array_equal(theirs.document_indices, ours.document_indices)
+        for i in range(len(theirs)):
+            assert np.array_equal(theirs[i], ours[i])
+
+
+def test_parallel_tokenization_writes_identical_files(tmp_path, tiny_corpus, tiny_tokenizer,
+                                                      tiny_dataset):
+    out = tmp_path / "parallel"
+    prepare_data([str(tiny_corpus)], tokenizer=str(tiny_tokenizer), seq_len=TINY_SEQ_LEN,
+                 output=str(out), valid_fraction=TINY_VALID_FRACTION, num_proc=2)
+    for name in ("train.bin", "train.idx", "valid.bin", "valid.idx"):
+        assert (out / name).read_bytes() == (tiny_dataset / name).read_bytes(), name
+
+
+def test_pack_document():
+    ids = np.arange(10, 23, dtype=np.int32)  # 13 tokens, 6 per sequence at seq_len 8
+    tokens, lengths = pack_document(ids, 8, cls_id=2, sep_id=3)
+    assert lengths == [8, 8, 3]
+    assert tokens.tolist() == [2, 10, 11, 12, 13, 14, 15, 3, 2, 16, 17, 18, 19, 20, 21, 3,
+                               2, 22, 3]
+    tokens, lengths = pack_document(ids[:6], 8, cls_id=2, sep_id=3)
+    assert lengths == [8] and tokens.tolist() == [2, 10, 11, 12, 13, 14, 15, 3]
+
+
+def test_split_hash_is_deterministic_and_proportional():
+    picks = [in_valid(7, i, 0.1) for i in range(20000)]
+    assert picks == [in_valid(7, i, 0.1) for i in range(20000)]
+    assert abs(sum(picks) / 20000 - 0.1) < 0.01
+    assert picks != [in_valid(8, i, 0.1) for i in range(20000)]
+
+
+def test_valid_gets_a_document_even_when_none_hashed_there(tmp_path, tiny_corpus, tiny_tokenizer):
+    out = tmp_path / "ds"
+    m = prepare_data([str(tiny_corpus)], tokenizer=str(tiny_tokenizer), seq_len=32,
+                     output=str(out), valid_fraction=1e-9)
+    docs = text_documents(tiny_corpus)
+    assert m["splits"]["valid"]["num_documents"] == 1
+    assert m["splits"]["train"]["num_documents"] == len(docs) - 1
+    tok = load_tokenizer(str(tiny_tokenizer))
+    valid_ids = [int(t) for s in stored_documents(out / "valid")[0] for t in s[1:-1]]
+    assert valid_ids == [t for line in docs[-1]
+                         for t in tok(line, add_special_tokens=False)["input_ids"]]
+
+    m = prepare_data([str(tiny_corpus)], tokenizer=str(tiny_tokenizer), seq_len=32,
+                     output=str(out), valid_fraction=0.0, overwrite=True)
+    assert m["splits"]["valid"] == {"num_documents": 0, "num_sequences": 0, "num_tokens": 0,
+                                    "padding_fraction": 0.0}
+
+
+def test_json_parquet_and_globs_in_order(tmp_path, tiny_tokenizer):
+    (tmp_path / "in").mkdir()
+    with open(tmp_path / "in" / "a.jsonl", "w") as f:
+        f.write(json.dumps({"body": "first record\nits second line", "id": 1}) + "\n")
+        f.write(json.dumps({"body": "second record", "id": 2}) + "\n")
+        f.write(json.dumps({"body": None, "id": 3}) + "\n")
+    pq.write_table(pa.table({"body": ["third record", "fourth\n\nrecord"]}),
+                   tmp_path / "in" / "b.parquet")
+    (tmp_path / "in" / "c.txt").write_text("fifth document\n\n\nsixth\ndocument\n")
+    out = tmp_path / "ds"
+    m = prepare_data([str(tmp_path / "in" / "*.jsonl"), str(tmp_path / "in" / "c.txt"),
+                      str(tmp_path / "in" / "b.parquet")], tokenizer=str(tiny_tokenizer),
+                     seq_len=16, output=str(out), valid_fraction=0.0, text_key="body")
+    tok = load_tokenizer(str(tiny_tokenizer))
+    expected = [["first record", "its second line"], ["second record"],
+                ["fifth document"], ["sixth", "document"], ["third record"], ["fourth", "", "record"]]
+    stored = stored_documents(out / "train")
+    assert [[int(t) for s in doc for t in s[1:-1]] for doc in stored] == [
+        [t for line in doc for t in tok(line, add_special_tokens=False)["input_ids"]]
+        for doc in expected]
+    assert [Path(s["path"]).name for s in m["sources"]] == ["a.jsonl", "c.txt", "b.parquet"]
+
+    with pytest.raises(UserError, match=r"no field 'text' \(fields: body, id\); pass --text-key"):
+        prepare_data([str(tmp_path / "in" / "a.jsonl")], tokenizer=str(tiny_tokenizer),
+                     seq_len=16, output=str(tmp_path / "ds2"))
+    assert not (tmp_path / "ds2").exists()
+
+
+def test_skip_invalid_utf8_in_json_lines(tmp_path, tiny_tokenizer):
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b'{"text": "good one"}\n{"text": "bad \xff one"}\n{"text": "good two"}\n')
+    with pytest.raises(UserError, match=r"bad.jsonl is not valid UTF-8: invalid byte at offset 35 "
+                                        r"\(line 2\)"):
+        prepare_data([str(path)], tokenizer=str(tiny_tokenizer), seq_len=16,
+                     output=str(tmp_path / "ds"), valid_fraction=0.0)
+    m = prepare_data([str(path)], tokenizer=str(tiny_tokenizer), seq_len=16,
+                     output=str(tmp_path / "ds"), valid_fraction=0.0, errors="skip")
+    assert m["skipped_lines"] == 1 and m["splits"]["train"]["num_documents"] == 2
+
+
+# --------------------------------------------------------------------------------------------
+# Interruptions leave nothing named OUTPUT
+
+
+def _interrupt_on_chunk(monkeypatch, n: int, exc: type[BaseException]) -> None:
+    original, calls = prepare._tokenize_chunk, []
+
+    def flaky(chunk, tok=None):
+        calls.append(1)
+        if len(calls) == n:
+            raise exc("interrupted by the test")
+        return original(chunk, tok)
+    monkeypatch.setattr(prepare, "_tokenize_chunk", flaky)
+
+
+def test_interrupted_prepare_leaves_nothing(tmp_path, monkeypatch, tiny_corpus, tiny_tokenizer):
+    _interrupt_on_chunk(monkeypatch, 2, KeyboardInterrupt)
+    out = tmp_path / "ds"
+    with pytest.raises(KeyboardInterrupt):
+        prepare_data([str(tiny_corpus)], tokenizer=str(tiny_tokenizer), seq_len=64,
+                     output=str(out))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupted_overwrite_keeps_the_old_dataset(tmp_path, monkeypatch, copy_dataset,
+                                                     tiny_corpus, tiny_tokenizer):
+    out = copy_dataset("ds")
+    before = snapshot(out)
+    _interrupt_on_chunk(monkeypatch, 3, RuntimeError)
+    with pytest.raises(RuntimeError):
+        prepare_data([str(tiny_corpus)], tokenizer=str(tiny_tokenizer), seq_len=32,
+                     output=str(out), overwrite=True)
+    assert snapshot(out) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ds"]
+
+
+def test_sigint_during_parallel_prepare_leaves_nothing(tmp_path, tiny_tokenizer):
+    out = tmp_path / "ds"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fast_electra_ds", "prepare-data", "--input", str(KJV), str(KJV),
+         str(KJV), "--tokenizer", str(tiny_tokenizer), "--seq-len", "64", "--output", str(out),
+         "--num-proc", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    # wait until tokenized data is being written in OUTPUT.tmp-<pid>, then interrupt
+    while not list(tmp_path.glob("ds.tmp-*/train.bin")) and time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
+    time.sleep(0.3)
+    assert proc.poll() is None, "prepare-data finished before the test could interrupt it"
+    os.kill(proc.pid, signal.SIGINT)
+    proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------------
+# Bad inputs through the CLI: exit 2, a message saying the fix, nothing created
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "glob", "directory"])
+def test_cli_bad_input_files(tmp_path, tiny_tokenizer, case):
+    (tmp_path / "empty.txt").touch()
+    (tmp_path / "folder").mkdir()
+    arg, message = {
+        "missing": (str(tmp_path / "absent.txt"), "absent.txt does not exist"),
+        "empty": (str(tmp_path / "empty.txt"), "empty.txt is empty"),
+        "glob": (str(tmp_path / "*.jsonl"), "matches no file"),
+        "directory": (str(tmp_path / "folder"), "is a directory; pass its files or a glob"),
+    }[case]
+    done = cli("--input", arg, "--tokenizer", str(tiny_tokenizer), "--seq-len", "64",
+               "--output", str(tmp_path / "ds"))
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: ") and message in done.stderr
+    assert not (tmp_path / "ds").exists()
+
+
+def test_cli_non_utf8_input(tmp_path, tiny_tokenizer):
+    path = tmp_path / "latin1.txt"
+    good1, bad, good2 = "In the beginning God created\n", "the heaven and the earth \xe9t\xe9\n", \
+        "And God said\n"
+    path.write_bytes(good1.encode() + bad.encode("latin-1") + b"\n" + good2.encode())
+    offset = len(good1) + bad.index("\xe9")
+    out = tmp_path / "ds"
+    done = cli("--input", str(path), "--tokenizer", str(tiny_tokenizer), "--seq-len", "64",
+               "--output", str(out))
+    assert done.returncode == 2
+    assert f"{path} is not valid UTF-8: invalid byte at offset {offset} (line 2)" in done.stderr
+    assert "--errors skip" in done.stderr and "iconv" in done.stderr
+    assert not out.exists()
+
+    done = cli("--input", str(path), "--tokenizer", str(tiny_tokenizer), "--seq-len", "64",
+               "--output", str(out), "--errors", "skip", "--valid-fraction", "0")
+    assert done.returncode == 0, done.stderr
+    assert f"skipped 1 line(s) of {path}" in done.stderr
+    assert read_manifest(out)["skipped_lines"] == 1
+    tok = load_tokenizer(str(tiny_tokenizer))
+    stored = [[int(t) for s in doc for t in s[1:-1]] for doc in stored_documents(out / "train")]
+    assert stored == [tok(good1.strip(), add_special_tokens=False)["input_ids"],
+                      tok(good2.strip(), add_special_tokens=False)["input_ids"]]
+
+
+def test_cli_existing_output(tiny_corpus, tiny_tokenizer, copy_dataset):
+    out = copy_dataset("ds")
+    before = snapshot(out)
+    args = ["--input", str(tiny_corpus), "--tokenizer", str(tiny_tokenizer), "--output", str(out)]
+    done = cli(*args, "--seq-len", "32")
+    assert done.returncode == 2
+    assert "already exists; pass --overwrite" in done.stderr
+    assert snapshot(out) == before
+
+    done = cli(*args, "--seq-len", "32", "--overwrite")
+    assert done.returncode == 0, done.stderr
+    assert "train:" in done.stdout and "valid:" in done.stdout and "dataset written" in done.stdout
+    assert read_manifest(out)["seq_len"] == 32
+    assert [p.name for p in out.parent.iterdir()] == ["ds"]  # no .tmp or .old folder left
+
+
+@pytest.mark.parametrize("missing", [{"[MASK]"}, {"[MASK]", "[CLS]", "[SEP]", "[PAD]"}])
+def test_cli_tokenizer_without_special_tokens(tmp_path, tiny_corpus, tokenizer_without, missing):
+    tok = tokenizer_without(missing)
+    done = cli("--input", str(tiny_corpus), "--tokenizer", str(tok), "--seq-len", "64",
+               "--output", str(tmp_path / "ds"))
+    assert done.returncode == 2
+    named = [t for t in ("[MASK]", "[CLS]", "[SEP]", "[PAD]") if t in missing]
+    assert f"lacks the special token(s) {', '.join(named)} " in done.stderr
+    assert "train-tokenizer" in done.stderr
+    assert not (tmp_path / "ds").exists()
+
+
+def test_cli_seq_len_beyond_the_recipe(tmp_path, tiny_corpus, tiny_tokenizer):
+    done = cli("--input", str(tiny_corpus), "--tokenizer", str(tiny_tokenizer), "--seq-len", "256",
+               "--config", "tiny", "--output", str(tmp_path / "ds"))
+    assert done.returncode == 2
+    assert "seq-len 256 exceeds the recipe's max_position_embeddings 128" in done.stderr
+    assert not (tmp_path / "ds").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seq-len", "4"], "--seq-len must be >= 8"),
+    (["--seq-len", "64", "--valid-fraction", "1"], "--valid-fraction must be in [0, 1)"),
+    (["--seq-len", "64", "--num-proc", "0"], "--num-proc must be >= 1"),
+    (["--seq-len", "64", "--tokenizer", "no-such-tokenizer"], "is not a directory"),
+])
+def test_cli_bad_arguments(tmp_path, tiny_corpus, tiny_tokenizer, args, message):
+    base = ["--input", str(tiny_corpus), "--tokenizer", str(tiny_tokenizer)]
+    done = cli(*base, *args, "--output", str(tmp_path / "ds"))
+    assert done.returncode == 2 and message in done.stderr
+    assert not (tmp_path / "ds").exists()
+
+
+def test_read_manifest_errors(tmp_path, copy_dataset):
+    with pytest.raises(UserError, match="does not exist; create it with"):
+        read_manifest(tmp_path / "absent")
+    (tmp_path / "half").mkdir()
+    with pytest.raises(UserError, match="not a prepared dataset, or its preparation was "
+                                        "interrupted"):
+        read_manifest(tmp_path / "half")
+    ds = copy_dataset("future")
+    m = json.loads((ds / "manifest.json").read_text())
+    m["format_version"] = 99
+    (ds / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(UserError, match="format version 99"):
+        read_manifest(ds)

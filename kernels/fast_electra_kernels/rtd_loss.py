@@ -41,7 +41,7 @@ def rtd_loss_reference(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, labels
     per_token = F.binary_cross_entropy_with_logits(z, y, reduction="none")  # [N]
     loss = (per_token * is_real).sum() / is_real.sum().clamp_min(1)
     is_replaced = y > 0.5
-    correct = ((z > 0) == is_replaced).detach()
+    correct = (z > 0) == is_replaced
     counts = torch.stack([
         (is_real & is_replaced & correct).sum(),
         (is_real & is_replaced).sum(),

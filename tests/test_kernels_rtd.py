@@ -15,34 +15,30 @@ order; gradients are then rounded to the parameter's dtype):
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 pytest.importorskip("triton")
 from fast_electra_kernels import rtd_loss_triton  # noqa: E402
-from fast_electra_kernels._dispatch import interpreting  # noqa: E402
-from fast_electra_kernels.rtd_loss import COUNT_NAMES, fused_rtd_loss, rtd_loss_reference  # noqa: E402
+from fast_electra_kernels.rtd_loss import (  # noqa: E402
+    COUNT_NAMES,
+    fused_rtd_loss,
+    rtd_loss_reference,
+)
+from fast_electra_kernels.testing import (  # noqa: E402
+    CHILD_REASON,
+    KERNEL_DEVICE as DEVICE,
+    RUN_IN_CHILD,
+    assert_passes_in_interpreter_process,
+)
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-# The interpreter needs TRITON_INTERPRET=1 before triton's first import in the process (triton's
-# own tl.sum / tl.argmax are decorated then), and other test modules may have imported it already
-# (deepspeed does). So on a CPU machine this module re-runs itself in a child process with the
-# flag set (test_kernels_in_interpreter_process), and its kernel tests are skipped in the parent.
-RUN_IN_CHILD = DEVICE == "cpu" and not interpreting()
-kernel_test = pytest.mark.skipif(RUN_IN_CHILD, reason="run by test_kernels_in_interpreter_process")
+kernel_test = pytest.mark.skipif(RUN_IN_CHILD, reason=CHILD_REASON)
 
 
 @pytest.mark.skipif(not RUN_IN_CHILD, reason="the kernel tests run in this process")
 def test_kernels_in_interpreter_process():
-    child = subprocess.run(
-        [sys.executable, "-m", "pytest", __file__, "-q"], cwd=Path(__file__).parents[1],
-        env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True)
-    assert child.returncode == 0, child.stdout[-6000:] + child.stderr[-3000:]
+    """On a CPU machine: the kernel tests of this module, under the interpreter (see fast_electra_kernels.testing)."""
+    assert_passes_in_interpreter_process(__file__)
 
 
 GRAD_TOL = {

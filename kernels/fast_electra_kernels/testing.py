@@ -1,0 +1,38 @@
+"""Running the kernels' tests on a machine without a GPU, under Triton's interpreter.
+
+The interpreter needs TRITON_INTERPRET=1 before triton's first import in the process: triton's own
+tl.sum / tl.argmax are @triton.jit functions, interpreted or compiled as decided then. In a pytest
+session other modules may already have imported triton (deepspeed does), so on a CPU machine a
+kernel test module re-runs itself in a child process with the flag set, and skips its kernel tests
+in the parent:
+
+    kernel_test = pytest.mark.skipif(RUN_IN_CHILD, reason=CHILD_REASON)
+
+    @pytest.mark.skipif(not RUN_IN_CHILD, reason="the kernel tests run in this process")
+    def test_kernels_in_interpreter_process():
+        assert_passes_in_interpreter_process(__file__)
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from fast_electra_kernels._dispatch import interpreting
+
+# where the kernel tests put their tensors: compiled kernels on a GPU, else the interpreter on CPU
+KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+RUN_IN_CHILD = KERNEL_DEVICE == "cpu" and not interpreting()
+CHILD_REASON = "run by test_kernels_in_interpreter_process"
+
+
+def assert_passes_in_interpreter_process(test_file: str) -> None:
+    """Run `pytest test_file` in a child process with TRITON_INTERPRET=1; fail with its output."""
+    child = subprocess.run(
+        [sys.executable, "-m", "pytest", test_file, "-q"], cwd=Path(test_file).parents[1],
+        env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True)
+    assert child.returncode == 0, child.stdout[-6000:] + child.stderr[-3000:]

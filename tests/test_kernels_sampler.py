@@ -34,7 +34,7 @@ kernel_test = pytest.mark.skipif(RUN_IN_CHILD, reason=CHILD_REASON)
 
 @pytest.mark.skipif(not RUN_IN_CHILD, reason="the kernel tests run in this process")
 def test_kernels_in_interpreter_process():
-    """On a CPU machine: the kernel tests of this module, under the interpreter (see fast_electra_kernels.testing)."""
+    """On a CPU machine: this module's kernel tests, interpreted (fast_electra_kernels.testing)."""
     assert_passes_in_interpreter_process(__file__)
 
 

@@ -1,6 +1,8 @@
-"""Shared fixtures: a slice of the bundled corpus, a tokenizer trained on it, and a dataset.
+"""Shared fixtures: a slice of the bundled corpus, a tokenizer trained on it, and a dataset;
+and helpers that compute, independently of prepare-data, what a dataset must hold.
 
-All session-scoped and built once (a few seconds in all); treat them as read-only: a test that
+The data fixtures are session-scoped and built once (a few seconds in all); treat them as
+read-only: a test that
 modifies a dataset copies it first (`copy_dataset`).
 """
 
@@ -17,6 +19,34 @@ TINY_CORPUS_LINES = 3000
 TINY_VOCAB_SIZE = 2000
 TINY_SEQ_LEN = 64
 TINY_VALID_FRACTION = 0.05
+
+
+def text_documents(path: Path) -> list[list[str]]:
+    """Documents of a plain-text file, read without `datasets`: runs of non-blank lines."""
+    docs, doc = [], []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            doc.append(line)
+        elif doc:
+            docs.append(doc)
+            doc = []
+    return docs + ([doc] if doc else [])
+
+
+def expected_split(docs: list, seed: int, valid_fraction: float) -> tuple[list, list]:
+    """(train, valid) documents by the documented rule, including the last-document fallback."""
+    from fast_electra_ds.data.prepare import in_valid
+
+    train = [d for i, d in enumerate(docs) if not in_valid(seed, i, valid_fraction)]
+    valid = [d for i, d in enumerate(docs) if in_valid(seed, i, valid_fraction)]
+    if valid_fraction > 0 and not valid and len(train) >= 2:
+        valid = [train.pop()]
+    return train, valid
+
+
+def direct_ids(tok, lines: list[str]) -> list[int]:
+    """A document's token ids by tokenizing its lines one by one, without special tokens."""
+    return [t for line in lines for t in tok(line, add_special_tokens=False)["input_ids"]]
 
 
 @pytest.fixture(scope="session")

@@ -25,19 +25,8 @@ from fast_electra_ds.data.prepare import in_valid, pack_document, prepare_data, 
 from fast_electra_ds.data.tokenizer import load_tokenizer, tokenizer_fingerprint
 from fast_electra_ds.errors import UserError
 
-from conftest import KJV, TINY_SEQ_LEN, TINY_VALID_FRACTION
-
-
-def text_documents(path: Path) -> list[list[str]]:
-    """Documents of a plain-text file, read without `datasets`: runs of non-blank lines."""
-    docs, doc = [], []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            doc.append(line)
-        elif doc:
-            docs.append(doc)
-            doc = []
-    return docs + ([doc] if doc else [])
+from conftest import KJV, TINY_SEQ_LEN, TINY_VALID_FRACTION, direct_ids, \
+    expected_split, text_documents
 
 
 def stored_documents(prefix: Path) -> list[list[np.ndarray]]:
@@ -46,15 +35,6 @@ def stored_documents(prefix: Path) -> list[list[np.ndarray]]:
     bounds = reader.document_indices
     return [[reader[i] for i in range(bounds[d], bounds[d + 1])]
             for d in range(len(bounds) - 1)]
-
-
-def expected_split(docs: list, seed: int, valid_fraction: float) -> tuple[list, list]:
-    """(train, valid) documents by the documented rule, including the last-document fallback."""
-    train = [d for i, d in enumerate(docs) if not in_valid(seed, i, valid_fraction)]
-    valid = [d for i, d in enumerate(docs) if in_valid(seed, i, valid_fraction)]
-    if valid_fraction > 0 and not valid and len(train) >= 2:
-        valid = [train.pop()]
-    return train, valid
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -85,9 +65,7 @@ def test_round_trip_is_exact(tiny_corpus, tiny_tokenizer, tiny_dataset):
         assert len(stored) == len(docs)
         for lines, sequences in zip(docs, stored):
             ids = [int(t) for s in sequences for t in s if int(t) not in specials]
-            direct = [t for line in lines
-                      for t in tok(line, add_special_tokens=False)["input_ids"]]
-            assert ids == direct
+            assert ids == direct_ids(tok, lines)
             # independent of the tokenizer call: WordPiece tokens glued back into words
             words: list[str] = []
             for token in tok.convert_ids_to_tokens(ids):
@@ -175,8 +153,7 @@ def test_valid_gets_a_document_even_when_none_hashed_there(tmp_path, tiny_corpus
     assert m["splits"]["train"]["num_documents"] == len(docs) - 1
     tok = load_tokenizer(str(tiny_tokenizer))
     valid_ids = [int(t) for s in stored_documents(out / "valid")[0] for t in s[1:-1]]
-    assert valid_ids == [t for line in docs[-1]
-                         for t in tok(line, add_special_tokens=False)["input_ids"]]
+    assert valid_ids == direct_ids(tok, docs[-1])
 
     m = prepare_data([str(tiny_corpus)], tokenizer=str(tiny_tokenizer), seq_len=32,
                      output=str(out), valid_fraction=0.0, overwrite=True)
@@ -202,8 +179,7 @@ def test_json_parquet_and_globs_in_order(tmp_path, tiny_tokenizer):
                 ["fifth document"], ["sixth", "document"], ["third record"], ["fourth", "", "record"]]
     stored = stored_documents(out / "train")
     assert [[int(t) for s in doc for t in s[1:-1]] for doc in stored] == [
-        [t for line in doc for t in tok(line, add_special_tokens=False)["input_ids"]]
-        for doc in expected]
+        direct_ids(tok, doc) for doc in expected]
     assert [Path(s["path"]).name for s in m["sources"]] == ["a.jsonl", "c.txt", "b.parquet"]
 
     with pytest.raises(UserError, match=r"no field 'text' \(fields: body, id\); pass --text-key"):

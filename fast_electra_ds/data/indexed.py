@@ -75,8 +75,9 @@ class IndexedWriter:
         self._builder.finalize(_megatron().get_idx_path(str(self.prefix)))
 
 
-def check_indexed_files(prefix: Path) -> None:
-    """Raise a UserError naming the file if P.idx or P.bin is missing, truncated or corrupted.
+def check_indexed_files(prefix: Path) -> int:
+    """The number of sequences in P, after raising a UserError naming the file if P.idx or P.bin
+    is missing, truncated or corrupted.
 
     Checks the header, that the .idx size matches its counts, that lengths, pointers and
     document boundaries are consistent, and that P.bin holds exactly sum(lengths) items. Reads
@@ -125,6 +126,7 @@ def check_indexed_files(prefix: Path) -> None:
     want = int(ends[-1]) if num_sequences else 0
     if bin_bytes != want:
         raise bad(f"{bin_bytes} bytes, but the index describes {want}", bin_path)
+    return num_sequences
 
 
 class IndexedReader:
@@ -132,12 +134,14 @@ class IndexedReader:
     DataLoader workers), each process memory-maps the files itself."""
 
     def __init__(self, prefix: Path):
-        check_indexed_files(prefix)
         self.prefix = prefix
-        self._ds = _megatron().IndexedDataset(str(prefix), mmap=True)
+        self.num_sequences = check_indexed_files(prefix)
+        # an empty split has an empty .bin, which megatron cannot memory-map
+        self._ds = _megatron().IndexedDataset(str(prefix), mmap=True) if self.num_sequences \
+            else None
 
     def __len__(self) -> int:
-        return len(self._ds)
+        return self.num_sequences
 
     def __getitem__(self, index: int) -> np.ndarray:
         """Sequence `index` as stored: [CLS] ... [SEP]. A copy: megatron closes its memory map
@@ -146,15 +150,13 @@ class IndexedReader:
 
     @property
     def sequence_lengths(self) -> np.ndarray:
-        return self._ds.sequence_lengths  # [S] int32, a view: valid while this reader lives
+        """[S] int32, a view: valid while this reader lives."""
+        return self._ds.sequence_lengths if self._ds else np.zeros(0, dtype=np.int32)
 
     @property
     def document_indices(self) -> np.ndarray:
-        return self._ds.document_indices  # [D+1] int64, first sequence of each document (view)
-
-    @property
-    def dtype(self) -> np.dtype:
-        return np.dtype(self._ds.index.dtype)
+        """[D+1] int64, the first sequence of each document then S (a view)."""
+        return self._ds.document_indices if self._ds else np.zeros(1, dtype=np.int64)
 
     def __getstate__(self) -> dict:
         return {"prefix": self.prefix}

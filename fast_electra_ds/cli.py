@@ -4,6 +4,7 @@
     prepare-data     text -> packed token ids in megatron-core indexed datasets
     config           show a resolved run config, or list every key
     pretrain         the training run (fast-electra, electra or mlm), also under `deepspeed`
+    compare          finished runs side by side (step time, memory, held-out metrics)
 
 Heavy imports (torch, deepspeed, transformers) happen inside the handlers, so `--help` is quick.
 A `UserError` is printed as `error: ...` and exits with status 2, without a traceback.
@@ -66,11 +67,21 @@ def _pretrain(args: argparse.Namespace) -> None:
     pretrain(cfg)
 
 
+def _compare(args: argparse.Namespace) -> None:
+    from fast_electra_ds.compare import compare
+
+    print(compare(args.runs))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fast-electra",
         description="ELECTRA-style pretraining with a frozen generator (Fast-ELECTRA) on "
                     "DeepSpeed.")
+    # The DeepSpeed launcher runs `python -u -m fast_electra_ds --local_rank=N <args>`: accept
+    # it here (ranks read LOCAL_RANK from the environment, which the launcher also sets).
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None,
+                        help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train-tokenizer", help="train a WordPiece tokenizer on text files",
@@ -125,10 +136,15 @@ def build_parser() -> argparse.ArgumentParser:
                                    "DeepSpeed launcher.")
     p.add_argument("--config", required=True, metavar="RECIPE",
                    help="bundled recipe name (tiny, small, base, large) or YAML path")
-    p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config overrides, e.g. mode=electra optim.lr=1e-4")
     p.set_defaults(func=_pretrain)
+
+    p = sub.add_parser("compare", help="table of finished runs side by side",
+                       description="Step time, throughput, peak memory and held-out "
+                                   "discriminator metrics of runs, from their metrics.jsonl.")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.set_defaults(func=_compare)
     return parser
 
 

@@ -83,7 +83,8 @@ class GeneratorConfig:
 
 @dataclass
 class TemperatureConfig:
-    """The sampling temperature curriculum, T as a function of u = step / train.steps."""
+    """The sampling temperature: mode=fast-electra's curriculum, T as a function of
+    u = step / train.steps, and mode=electra's constant joint_t."""
 
     schedule: Literal["exponential", "linear", "polynomial", "step", "constant"] = "exponential"
     """exponential: T = 1 + (t0 - 1) exp(-u / tau) (Fast-ELECTRA); linear and polynomial:
@@ -99,6 +100,9 @@ class TemperatureConfig:
     """Exponent of the polynomial schedule."""
     num_stages: int = 4
     """Number of constant stages of the step schedule."""
+    joint_t: float = 1.0
+    """mode=electra: the constant temperature of joint training (the original ELECTRA: 1); the
+    schedule above is Fast-ELECTRA's and is not used in that mode."""
 
 
 @dataclass
@@ -452,6 +456,7 @@ def _problems(cfg: RunConfig, check_files: bool) -> list[str]:
     need(t.tau > 0.0, f"temperature.tau must be > 0, got {t.tau}")
     need(t.t_end >= 1.0 or t.schedule in ("exponential", "constant"),
          f"temperature.t_end must be >= 1, got {t.t_end}")
+    need(t.joint_t > 0.0, f"temperature.joint_t must be > 0, got {t.joint_t}")
     need(t.power > 0.0, f"temperature.power must be > 0, got {t.power}")
     need(t.num_stages >= 2, f"temperature.num_stages must be >= 2, got {t.num_stages}")
 

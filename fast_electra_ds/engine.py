@@ -1,0 +1,121 @@
+"""The one place DeepSpeed's training side is touched: process group, optimizer, engine.
+
+`init_distributed` works for a plain `python -m fast_electra_ds pretrain` (a world of one) and
+under the `deepspeed` launcher (RANK/WORLD_SIZE/LOCAL_RANK in the environment). `build_engine`
+hands the trainable module, an AdamW and a warmup/linear-decay schedule to
+`deepspeed.initialize` with the resolved JSON. The frozen generator never comes here: the
+training engine would cast it and, under ZeRO-3, shard it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+
+from fast_electra_ds.config import OptimConfig, RunConfig
+from fast_electra_ds.errors import UserError
+from fast_electra_ds.models import param_groups
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed(cfg: RunConfig, timeout_minutes: float = 30.0) -> DistEnv:
+    """Start (or join) the process group; pick this rank's device."""
+    want = cfg.device
+    if want == "auto":
+        want = "cuda" if torch.cuda.is_available() else "cpu"
+    if want == "cuda" and not torch.cuda.is_available():
+        raise UserError("device=cuda but no CUDA GPU is visible; use device=cpu (and a cpu_* "
+                        "ds_config)")
+    # DeepSpeed picks its accelerator from the environment at first import; on a CPU run it
+    # must be the CPU one even if a CUDA build of torch is installed.
+    if want == "cpu":
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    if "RANK" not in os.environ:  # a plain single process, not under a launcher
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0",
+                          MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+
+    import deepspeed
+
+    backend = "nccl" if want == "cuda" else "gloo"
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False,
+                                   timeout=timedelta(minutes=timeout_minutes))
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if want == "cuda":
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    return DistEnv(rank=rank, world_size=world, local_rank=local_rank, device=device)
+
+
+def build_optimizer(module: torch.nn.Module, optim: OptimConfig, ds: dict[str, Any],
+                    device: torch.device) -> tuple[torch.optim.Optimizer, str]:
+    """AdamW; fused where it exists. Returns the optimizer and a name for the log."""
+    groups = param_groups(module, optim.weight_decay)
+    kwargs = dict(lr=optim.lr, betas=(optim.adam_beta1, optim.adam_beta2), eps=optim.adam_eps)
+    offload = ds.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none")
+    if offload == "cpu":
+        # ZeRO-Offload steps the optimizer on the CPU; DeepSpeed requires its own CPU Adam there.
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(groups, adamw_mode=True, **kwargs), "DeepSpeedCPUAdam"
+    if device.type == "cuda":
+        try:  # NVIDIA apex, when it was built on this machine
+            from apex.optimizers import FusedAdam as ApexFusedAdam
+
+            return ApexFusedAdam(groups, adam_w_mode=True, **kwargs), "apex.FusedAdam"
+        except ImportError:
+            pass
+        # Without apex: torch's fused AdamW (one multi-tensor CUDA kernel, no JIT build needed).
+        return torch.optim.AdamW(groups, fused=True, **kwargs), "torch.AdamW(fused)"
+    return torch.optim.AdamW(groups, foreach=True, **kwargs), "torch.AdamW"
+
+
+def warmup_linear_decay(optimizer: torch.optim.Optimizer, warmup_steps: int,
+                        total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """LR multiplier: 0 -> 1 over warmup_steps, then linearly to 0 at total_steps."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def build_engine(module: torch.nn.Module, cfg: RunConfig, ds: dict[str, Any],
+                 env: DistEnv):
+    """deepspeed.initialize on the trainable module. Returns (engine, optimizer name)."""
+    import deepspeed
+
+    module.to(env.device)
+    optimizer, name = build_optimizer(module, cfg.optim, ds, env.device)
+    scheduler = warmup_linear_decay(optimizer, cfg.optim.warmup_steps, cfg.train.steps)
+    engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer,
+                                           lr_scheduler=scheduler, config=ds)
+    return engine, name

@@ -1,0 +1,286 @@
+"""The pretraining loop, top to bottom.
+
+    text ids (indexed dataset) -> masked batch (Masker) -> generator samples -> discriminator
+    -> loss -> DeepSpeed engine step -> metrics / checkpoint
+
+Three modes share the loop and differ only in what the engine trains:
+
+  fast-electra  the engine holds the discriminator alone; a frozen generator (fp16 through
+                DeepSpeed-Inference on GPU) outside the engine proposes replacements, sampled
+                from softmax(logits / T) with T falling from t0 towards 1 (temperature.py).
+  electra       the original joint training: generator and discriminator in one engine, shared
+                embeddings, loss = L_MLM + rtd_weight * L_RTD, samples at a constant T.
+  mlm           a masked LM alone; saved as a HF masked-LM folder (RUN_DIR/generator) that a
+                fast-electra run takes as its generator.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from fast_electra_ds import checkpoint
+from fast_electra_ds.config import RunConfig, resolve_path
+from fast_electra_ds.data.loader import DataInfo, build_loader, open_datasets
+from fast_electra_ds.ds_config import (load_ds_config, precision, resolve_ds_config,
+                                       write_resolved, zero_stage)
+from fast_electra_ds.engine import DistEnv, build_engine, init_distributed
+from fast_electra_ds.generator import FrozenGenerator, corrupt
+from fast_electra_ds.logger import MetricsLogger
+from fast_electra_ds.masking import MaskedBatch, Masker
+from fast_electra_ds.metrics import binary_auc, reduce_metrics
+from fast_electra_ds.models import build_discriminator, build_generator, tie_embeddings
+from fast_electra_ds.objectives import ElectraObjective, FastElectraObjective, MLMObjective
+from fast_electra_ds.temperature import temperature
+
+EVAL_TEMPERATURE = 1.0  # held-out metrics use the generator's own distribution in every mode
+EVAL_SEED_OFFSET = 7919  # eval sampling noise is fixed and apart from training's
+
+
+@dataclass
+class PretrainResult:
+    eval_metrics: dict[str, float]  # the last evaluation (empty if train.eval_every=0)
+    state: checkpoint.TrainState
+    engine: Any  # the DeepSpeed engine (engine.module is the trained objective module)
+    frozen_generator: FrozenGenerator | None  # mode=fast-electra only
+
+
+def pretrain(cfg: RunConfig) -> PretrainResult:
+    """Run (or resume) the pretraining described by `cfg`."""
+    env = init_distributed(cfg)
+    run_dir = Path(cfg.run_dir)
+
+    # ---- data: token ids written by prepare-data; every check before any compute --------------
+    _, data_info = open_datasets(cfg.data.paths, "train", seq_len=cfg.data.seq_len)
+    ds = resolve_ds_config(load_ds_config(cfg.ds_config), cfg, world_size=env.world_size,
+                           device=env.device.type)
+    vocab_size, special = data_info.vocab_size, data_info.special_token_ids
+
+    # ---- models: what the engine trains, and (fast-electra) the frozen generator beside it ----
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    frozen: FrozenGenerator | None = None
+    if cfg.mode == "fast-electra":
+        frozen = FrozenGenerator.load(str(resolve_path(cfg.generator.path)), vocab_size=vocab_size,
+                                      special_ids=special, device=env.device,
+                                      dtype=cfg.generator.inference_dtype,
+                                      kernel_inject=cfg.generator.kernel_inject,
+                                      logger=_rank0_print(env))
+        frozen.check_seq_len(cfg.data.seq_len)
+        module = FastElectraObjective(build_discriminator(cfg.model, vocab_size=vocab_size,
+                                                          pad_id=special["pad"]))
+    elif cfg.mode == "electra":
+        disc = build_discriminator(cfg.model, vocab_size=vocab_size, pad_id=special["pad"])
+        gen = _build_generator(cfg, vocab_size, special["pad"])
+        tie_embeddings(gen, disc)
+        module = ElectraObjective(gen, disc, rtd_weight=cfg.train.rtd_weight)
+    else:
+        module = MLMObjective(_build_generator(cfg, vocab_size, special["pad"]))
+
+    engine, optimizer_name = build_engine(module, cfg, ds, env)
+    state = checkpoint.resume(engine, cfg, log=_rank0_print(env))
+    if state.step == 0:
+        torch.manual_seed(cfg.seed + 1 + env.rank)  # dropout differs across ranks
+    if env.is_main:
+        cfg.save(run_dir / "config.yaml")
+        write_resolved(ds, run_dir / "ds_config.json")
+    logger = MetricsLogger(cfg, is_main=env.is_main, start_step=state.step,
+                           wandb_id=state.wandb_id)
+    state.wandb_id = logger.wandb_id
+    trainable_params = sum(p.numel() for p in module.parameters())
+    logger.info(f"mode={cfg.mode} ranks={env.world_size} device={env.device.type} "
+                f"precision={precision(ds)} zero={zero_stage(ds)} optimizer={optimizer_name} "
+                f"trainable={trainable_params:,} params "
+                f"accumulation={engine.gradient_accumulation_steps()}")
+
+    masker = Masker(seq_len=cfg.data.seq_len, vocab_size=vocab_size, mask_id=special["mask"],
+                    special_ids=data_info.special_ids,
+                    mask_prob=cfg.masking.mask_prob, style=cfg.masking.style, seed=cfg.seed)
+    train_batches = build_loader(
+        cfg.data.paths, split="train", seq_len=cfg.data.seq_len,
+        micro_batch_size=cfg.train.micro_batch_size,
+        global_batch_size=cfg.train.global_batch_size, rank=env.rank,
+        world_size=env.world_size, seed=cfg.seed, consumed_samples=state.consumed_samples,
+        masker=masker, num_workers=cfg.data.num_workers,
+        weights=cfg.data.weights or None)
+
+    # ---- the loop -----------------------------------------------------------------------------
+    eval_metrics: dict[str, float] = {}
+    accumulation = engine.gradient_accumulation_steps()
+    window: list[dict[str, torch.Tensor]] = []
+    window_start = time.perf_counter()
+    window_steps = 0
+    while state.step < cfg.train.steps:
+        temp = (cfg.temperature.joint_t if cfg.mode == "electra"
+                else temperature(cfg.temperature, state.step, cfg.train.steps))
+        lr = engine.get_lr()[0]
+        last = state.step + 1 == cfg.train.steps
+        log_now = (state.step + 1) % cfg.logging.log_every == 0 or last
+        for micro_step in range(accumulation):
+            batch = next(train_batches).to(env.device, non_blocking=True)
+            out = _forward(engine, cfg, frozen, batch, temp)
+            engine.backward(out["loss"])
+            if log_now and micro_step == accumulation - 1:
+                grad_norm = _grad_norm_before_step(engine)
+            engine.step()  # DeepSpeed steps the optimizer at the accumulation boundary only
+            window.append({k: v.detach() for k, v in out.items()})
+        state.step += 1
+        state.consumed_samples += cfg.train.global_batch_size
+        window_steps += 1
+        logger.advance()
+
+        if log_now:
+            metrics = reduce_metrics(window)
+            seconds = (time.perf_counter() - window_start) / window_steps
+            metrics.update(
+                temperature=temp, lr=lr,
+                grad_norm=grad_norm if not math.isnan(grad_norm) else _grad_norm(engine),
+                step_time_s=seconds,
+                tokens_per_s=cfg.train.global_batch_size * cfg.data.seq_len / seconds,
+                peak_mem_gb=_peak_memory_gb(env), trainable_params=trainable_params)
+            logger.log(state.step, metrics)
+            window, window_start, window_steps = [], time.perf_counter(), 0
+        if cfg.train.eval_every and (state.step % cfg.train.eval_every == 0 or last):
+            eval_metrics = evaluate(engine, cfg, env, frozen, masker)
+            logger.log(state.step, eval_metrics, prefix="eval")
+        if last or (cfg.checkpoint.save_every and state.step % cfg.checkpoint.save_every == 0):
+            path = checkpoint.save(engine, cfg, state, zero_stage=zero_stage(ds))
+            logger.info(f"checkpoint committed: {path}")
+
+    if cfg.mode == "mlm":
+        _export_generator(engine, cfg, env, data_info)
+        logger.info(f"generator saved to {run_dir / 'generator'} (use it as generator.path)")
+    logger.close()
+    return PretrainResult(eval_metrics, state, engine, frozen)
+
+
+def _build_generator(cfg: RunConfig, vocab_size: int, pad_id: int):
+    return build_generator(cfg.generator, embedding_size=cfg.model.embedding_size,
+                           max_position_embeddings=cfg.model.max_position_embeddings,
+                           vocab_size=vocab_size, pad_id=pad_id,
+                           hidden_dropout=cfg.model.hidden_dropout,
+                           attention_dropout=cfg.model.attention_dropout)
+
+
+def _forward(engine, cfg: RunConfig, frozen: FrozenGenerator | None, batch: MaskedBatch,
+             temp: float) -> dict[str, torch.Tensor]:
+    """One micro-batch through the engine; returns the loss and metric sums."""
+    if cfg.mode == "fast-electra":
+        corrupted, rtd_labels, gen_metrics = frozen.corrupt(batch, temperature=temp,
+                                                            seed=cfg.seed)
+        out = engine(corrupted_ids=corrupted, attention_mask=batch.attention_mask,
+                     rtd_labels=rtd_labels)
+        return {**out, **gen_metrics}
+    if cfg.mode == "electra":
+        return engine(input_ids=batch.input_ids, masked_ids=batch.masked_ids,
+                      attention_mask=batch.attention_mask, positions=batch.positions,
+                      labels=batch.labels, weights=batch.weights, sample_ids=batch.sample_ids,
+                      temperature=temp, seed=cfg.seed)
+    return engine(masked_ids=batch.masked_ids, attention_mask=batch.attention_mask,
+                  positions=batch.positions, labels=batch.labels, weights=batch.weights)
+
+
+@torch.no_grad()
+def evaluate(engine, cfg: RunConfig, env: DistEnv, frozen: FrozenGenerator | None,
+             masker: Masker) -> dict[str, float]:
+    """Held-out metrics on the valid split: the first `train.eval_batches` micro-batches per rank,
+    the same ones every time. Discriminator modes report loss, accuracy and ROC AUC of the
+    replaced-token detection at T = 1; modes with a trained generator also its MLM accuracy."""
+    engine.eval()
+    batches = build_loader(cfg.data.paths, split="valid", seq_len=cfg.data.seq_len,
+                           micro_batch_size=cfg.train.micro_batch_size,
+                           global_batch_size=cfg.train.micro_batch_size * env.world_size,
+                           rank=env.rank, world_size=env.world_size, seed=cfg.seed,
+                           consumed_samples=0, masker=masker, num_workers=0)
+    seed = cfg.seed + EVAL_SEED_OFFSET
+    module = engine.module
+    sums: list[dict[str, torch.Tensor]] = []
+    scores, labels = [], []
+    for _ in range(cfg.train.eval_batches):
+        batch = next(batches).to(env.device)
+        if cfg.mode == "mlm":
+            sums.append(module(masked_ids=batch.masked_ids, attention_mask=batch.attention_mask,
+                               positions=batch.positions, labels=batch.labels,
+                               weights=batch.weights))
+            continue
+        if cfg.mode == "fast-electra":
+            corrupted, rtd_labels, gen_metrics = frozen.corrupt(batch, temperature=EVAL_TEMPERATURE,
+                                                                seed=seed)
+        else:
+            corrupted, rtd_labels, gen_metrics = corrupt(module.generator, batch,
+                                                         temperature=EVAL_TEMPERATURE, seed=seed)
+        out = module.rtd_outputs(corrupted, batch.attention_mask, rtd_labels)
+        sums.append({**{k: v for k, v in out.items() if k != "logits"}, **gen_metrics})
+        real = batch.attention_mask.bool()
+        scores.append(out["logits"][real].float())
+        labels.append(rtd_labels[real].float())
+    engine.train()
+    metrics = reduce_metrics(sums)
+    if scores:
+        metrics["auc"] = binary_auc(_gather_1d(torch.cat(scores)), _gather_1d(torch.cat(labels)))
+    return metrics
+
+
+def _gather_1d(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate a 1-d tensor over ranks (sizes may differ by rank)."""
+    if dist.get_world_size() == 1:
+        return x.cpu()
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, x.cpu())
+    return torch.cat(parts)
+
+
+def _export_generator(engine, cfg: RunConfig, env: DistEnv, data_info: DataInfo) -> None:
+    """mode=mlm: write RUN_DIR/generator, a HF masked-LM folder with the data's tokenizer."""
+    import deepspeed
+
+    out = Path(cfg.run_dir) / "generator"
+    model = engine.module.generator
+    # Under ZeRO-3 each rank holds a shard: gather the full weights (a no-op below stage 3).
+    with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+        if env.is_main:
+            model.save_pretrained(out, safe_serialization=True)
+            from transformers import AutoTokenizer
+
+            AutoTokenizer.from_pretrained(data_info.tokenizer).save_pretrained(out)
+    dist.barrier()
+
+
+def _grad_norm_before_step(engine) -> float:
+    """The global gradient norm (before clipping) where DeepSpeed does not track it: ZeRO-0
+    without a mixed-precision optimizer, whose gradients are complete and already all-reduced
+    on every rank at this point. NaN where DeepSpeed will report it after the step."""
+    if engine.zero_optimization_stage() > 0 or engine.bfloat16_enabled() or engine.fp16_enabled():
+        return math.nan
+    grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
+    if not grads:
+        return math.nan
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float())
+                                                       for g in grads])))
+
+
+def _grad_norm(engine) -> float:
+    """The norm DeepSpeed computed in its last step (ZeRO and mixed-precision optimizers)."""
+    norm = engine.get_global_grad_norm()
+    return math.nan if norm is None else float(norm)
+
+
+def _peak_memory_gb(env: DistEnv) -> float:
+    """Peak GPU memory allocated by torch, or on CPU the peak resident set of this process."""
+    if env.device.type == "cuda":
+        return torch.cuda.max_memory_allocated(env.device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+
+
+def _rank0_print(env: DistEnv):
+    def log(message: str) -> None:
+        if env.is_main:
+            print(message, flush=True)
+
+    return log

@@ -1,0 +1,214 @@
+"""Pretraining end to end on CPU: the three modes, resume, and bad input caught before compute.
+
+Single-process runs go in-process through `train.pretrain` (a world of one over gloo); the
+multi-rank comparison starts the real `deepspeed` launcher with 2 CPU ranks.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fast_electra_ds import train
+from fast_electra_ds.cli import main
+from fast_electra_ds.config import load_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _cfg(run_dir: Path, dataset: Path, *overrides: str):
+    cfg = load_config("tiny", [f"run_dir={run_dir}", f"data.paths={dataset}", "device=cpu",
+                               "train.global_batch_size=16", "train.micro_batch_size=16",
+                               "train.eval_batches=4", *overrides])
+    cfg.validate()
+    return cfg
+
+
+def _records(run_dir: Path, split: str = "train") -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["split"] == split]
+
+
+@pytest.fixture(scope="session")
+def tiny_generator(tmp_path_factory, tiny_dataset) -> Path:
+    """A generator trained by mode=mlm for 60 steps: RUN_DIR/generator."""
+    run_dir = tmp_path_factory.mktemp("mlm") / "run"
+    cfg = _cfg(run_dir, tiny_dataset, "mode=mlm", "train.steps=60", "train.eval_every=60",
+               "optim.warmup_steps=5")
+    result = train.pretrain(cfg)
+    assert (run_dir / "generator" / "model.safetensors").is_file()
+    assert result.eval_metrics["mlm_accuracy"] > 0.0
+    return run_dir / "generator"
+
+
+def test_mlm_generator_loss_falls_and_exports_a_masked_lm(tiny_generator):
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    records = _records(tiny_generator.parent)
+    assert records[-1]["mlm_loss"] < records[0]["mlm_loss"] - 0.5
+    model = AutoModelForMaskedLM.from_pretrained(tiny_generator)
+    tok = AutoTokenizer.from_pretrained(tiny_generator)
+    assert model.config.vocab_size == len(tok) and tok.mask_token == "[MASK]"
+
+
+def test_fast_electra_trains_the_discriminator_against_a_frozen_generator(
+        tmp_path, tiny_dataset, tiny_generator, monkeypatch):
+    saved = load_file(tiny_generator / "model.safetensors")
+    engines = []
+    real_build = train.build_engine
+
+    def spy(module, cfg, ds, env):
+        engine, name = real_build(module, cfg, ds, env)
+        engines.append(engine)
+        return engine, name
+
+    monkeypatch.setattr(train, "build_engine", spy)
+    run_dir = tmp_path / "fast"
+    result = train.pretrain(_cfg(run_dir, tiny_dataset, f"generator.path={tiny_generator}",
+                                 "train.steps=300", "train.eval_every=300"))
+
+    # the generator: bit-identical weights, no gradients, nowhere in the optimizer
+    frozen = result.frozen_generator.hf_model
+    for name, tensor in frozen.state_dict().items():
+        if name in saved:
+            assert torch.equal(tensor.cpu(), saved[name]), name
+    assert all(p.grad is None and not p.requires_grad for p in frozen.parameters())
+    optimized = {id(p) for g in engines[0].optimizer.param_groups for p in g["params"]}
+    assert not optimized & {id(p) for p in frozen.parameters()}
+    assert optimized == {id(p) for p in result.engine.module.discriminator.parameters()}
+
+    # the discriminator learns: loss falls, and on held-out data it beats "all original"
+    records = _records(run_dir)
+    assert records[-1]["rtd_loss"] < records[0]["rtd_loss"]
+    ev = result.eval_metrics
+    assert ev["rtd_accuracy"] > 1.0 - ev["rtd_replaced_share"] + 0.003, ev
+    assert ev["auc"] > 0.8, ev
+    # the temperature followed the exponential curriculum: T0 = 2 at step 0, ~1 at the end
+    assert records[0]["temperature"] == pytest.approx(1 + (2 - 1) * 2.718281828 ** (-9 / 300 / 0.1),
+                                                      rel=1e-6)
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "ds_config.json").is_file()
+
+
+def test_electra_mode_trains_both_models_with_shared_embeddings(tmp_path, tiny_dataset,
+                                                               monkeypatch):
+    before = {}
+    real_build = train.build_engine
+
+    def spy(module, cfg, ds, env):
+        before.update(copy.deepcopy(module.state_dict()))
+        return real_build(module, cfg, ds, env)
+
+    monkeypatch.setattr(train, "build_engine", spy)
+    result = train.pretrain(_cfg(tmp_path / "electra", tiny_dataset, "mode=electra",
+                                 "train.steps=20", "train.eval_every=20"))
+    module = result.engine.module
+    after = module.state_dict()
+    for prefix in ("generator.electra.encoder", "discriminator.electra.encoder",
+                   "generator.generator_predictions", "discriminator.discriminator_predictions"):
+        keys = [k for k in after if k.startswith(prefix)]
+        assert keys and any(not torch.equal(before[k], after[k]) for k in keys), prefix
+    shared = module.discriminator.electra.embeddings.word_embeddings.weight
+    assert module.generator.electra.embeddings.word_embeddings.weight is shared
+    assert module.generator.generator_lm_head.weight is shared
+    assert not torch.equal(before["discriminator.electra.embeddings.word_embeddings.weight"],
+                           shared.detach())
+    records = _records(tmp_path / "electra")
+    assert all(r["temperature"] == 1.0 for r in records)  # the original's constant T
+    assert records[0]["loss"] == pytest.approx(records[0]["mlm_loss"]
+                                               + 50 * records[0]["rtd_loss"], rel=1e-4)
+
+
+def test_resume_auto_continues_bit_for_bit(tmp_path, tiny_dataset, tiny_generator):
+    common = [f"generator.path={tiny_generator}", "train.steps=8", "train.eval_every=0",
+              "checkpoint.save_every=4", "logging.log_every=1"]
+    full = tmp_path / "full"
+    train.pretrain(_cfg(full, tiny_dataset, *common))
+    # the same run interrupted after step 4: only its first checkpoint survives
+    part = tmp_path / "part"
+    shutil.copytree(full / "checkpoints" / "step000000004", part / "checkpoints" /
+                    "step000000004")
+    (part / "checkpoints" / "latest").write_text("step000000004")
+    train.pretrain(_cfg(part, tiny_dataset, *common))
+    want = [r["loss"] for r in _records(full)[4:]]
+    got = [r["loss"] for r in _records(part)]
+    assert [r["step"] for r in _records(part)] == [5, 6, 7, 8]
+    assert got == want  # bit-identical: data order, masks, sampling noise, dropout, optimizer
+
+
+def test_deepspeed_launcher_zero2_on_two_ranks_matches_one_rank(tmp_path, tiny_dataset,
+                                                               tiny_generator):
+    """Same global batch (16) as 1 rank x 16 and 2 ranks x 8 under ZeRO-2: data, masks and
+    sampling noise are keyed by global sample id, so only float summation order differs."""
+    common = [f"data.paths={tiny_dataset}", f"generator.path={tiny_generator}", "device=cpu",
+              "train.steps=6", "train.eval_every=0", "logging.log_every=1",
+              "train.global_batch_size=16", "model.hidden_dropout=0",
+              "model.attention_dropout=0", "ds_config=ds_configs/cpu_zero2_fp32.json",
+              "checkpoint.save_every=0"]
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO)}
+    bin_dir = Path(sys.executable).parent
+    two = subprocess.run(
+        [str(bin_dir / "deepspeed"), "--num_gpus", "2", "--master_port", "29561", "--module",
+         "fast_electra_ds", "pretrain", "--config", "tiny", f"run_dir={tmp_path / 'two'}",
+         "train.micro_batch_size=8", *common],
+        env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    assert "ranks=2" in two.stdout
+    train.pretrain(load_config("tiny", [f"run_dir={tmp_path / 'one'}",
+                                        "train.micro_batch_size=16", *common]))
+    one_loss = [r["loss"] for r in _records(tmp_path / "one")]
+    two_loss = [r["loss"] for r in _records(tmp_path / "two")]
+    assert len(one_loss) == len(two_loss) == 6
+    # fp32; after 6 AdamW steps the trajectories agree to ~1e-6 (tolerance 1e-4 relative)
+    assert two_loss == pytest.approx(one_loss, rel=1e-4)
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    (["ds_config=ds_configs/zero2_fp16.json"], "fp16 is not supported on CPU"),
+    (["mode=joint"], "one of fast-electra, electra, mlm"),
+    (["temperature.t0=0.5"], "temperature.t0 must be >= 1"),
+    (["temperature.tau=0"], "temperature.tau must be > 0"),
+    (["data.seq_len=256"], "exceeds model.max_position_embeddings"),
+    (["data.seq_len=32"], "was packed with seq-len 64"),
+    (["generator.path=./nowhere"], "generator.path: ./nowhere is not a directory"),
+])
+def test_bad_input_is_refused_before_any_compute(tmp_path, tiny_dataset, tiny_generator,
+                                                 capsys, overrides, needle):
+    run_dir = tmp_path / "run"
+    code = main(["pretrain", "--config", "tiny", f"run_dir={run_dir}",
+                 f"data.paths={tiny_dataset}", f"generator.path={tiny_generator}",
+                 "device=cpu", *overrides])
+    err = capsys.readouterr().err
+    assert code == 2 and needle in err, err
+    assert not (run_dir / "metrics.jsonl").exists()
+
+
+def _save_generator(path: Path, vocab_size: int, max_positions: int = 128) -> Path:
+    from transformers import ElectraConfig, ElectraForMaskedLM
+
+    ElectraForMaskedLM(ElectraConfig(vocab_size=vocab_size, embedding_size=16, hidden_size=16,
+                                     num_hidden_layers=1, num_attention_heads=1,
+                                     intermediate_size=32,
+                                     max_position_embeddings=max_positions)).save_pretrained(path)
+    return path
+
+
+def test_generator_that_does_not_fit_the_data_is_refused(tmp_path, tiny_dataset, capsys):
+    from fast_electra_ds.data.loader import open_datasets
+
+    vocab = open_datasets([str(tiny_dataset)], "train")[1].vocab_size
+    cases = [(_save_generator(tmp_path / "small_vocab", vocab_size=100), "vocab"),
+             (_save_generator(tmp_path / "short", vocab_size=vocab, max_positions=32), "32")]
+    for folder, needle in cases:
+        code = main(["pretrain", "--config", "tiny", f"run_dir={tmp_path / 'run'}",
+                     f"data.paths={tiny_dataset}", f"generator.path={folder}", "device=cpu"])
+        err = capsys.readouterr().err
+        assert code == 2 and needle in err and "Traceback" not in err, err

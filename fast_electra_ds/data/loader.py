@@ -306,7 +306,11 @@ def build_loader(paths: list[str], *, split: str, seq_len: int, micro_batch_size
     sampler = MicroBatchSampler(consumed_samples=consumed_samples, rank=rank,
                                 world_size=world_size, micro_batch_size=micro_batch_size,
                                 global_batch_size=global_batch_size)
+    # Its own generator: otherwise iter(DataLoader) draws a base seed from the *global* torch RNG,
+    # shifting the dropout stream, so a resumed run (which builds the loader after restoring
+    # the RNG) would no longer match an uninterrupted one. Nothing here is random anyway.
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
                                          collate_fn=MaskingCollate(masker),
-                                         prefetch_factor=2 if num_workers > 0 else None)
+                                         prefetch_factor=2 if num_workers > 0 else None,
+                                         generator=torch.Generator().manual_seed(seed))
     return iter(loader)

@@ -8,7 +8,8 @@ Tolerances: lse and E_p[z] are fp32 reductions in both paths (bf16 / fp16 produc
 fp32), differing only in summation order and in the GPU's approximate exp: rtol = atol = 1e-5 for
 every input dtype. Uniforms must be bit-identical; Gumbel noise within 1e-5 (log may differ in
 the last bits). Draws must be identical on every row whose best and second-best perturbed logits
-differ by more than GAP (a near-tie may be reordered by the summation order).
+differ by more than GAP (a near-tie may be reordered by the summation order); likewise the argmax
+of the logits on every row whose two largest logits differ by more than GAP.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from fast_electra_ds import rng
 pytest.importorskip("triton")
 from fast_electra_kernels import sampler_triton  # noqa: E402
 from fast_electra_kernels._dispatch import use_triton_for  # noqa: E402
-from fast_electra_kernels.sampler import fused_sample, sample_reference  # noqa: E402
+from fast_electra_kernels.sampler import SampleOutput, fused_sample, sample_reference  # noqa: E402
 from fast_electra_kernels.testing import (  # noqa: E402
     CHILD_REASON,
     KERNEL_DEVICE as DEVICE,
@@ -54,11 +55,16 @@ def make_inputs(dtype, *, m=M, v=V, h=H, bias=True, seed=0, device=DEVICE):
             None if b is None else b.to(dtype=dtype, **to), rows.to(**to))
 
 
+def separated(scores):
+    """[M] bool: rows of scores [M, V] whose two largest entries differ by more than GAP."""
+    top2 = scores.topk(2, dim=-1).values
+    return (top2[:, 0] - top2[:, 1]) > GAP
+
+
 def separated_rows(h, W, b, temperature, seed, rows):
     """[M] bool: rows whose top two perturbed logits (reference) differ by more than GAP."""
     z = (h.float() @ W.float().T + (0 if b is None else b.float())) / temperature
-    top2 = (z + rng.gumbel_noise(seed, rows, W.shape[0])).topk(2, dim=-1).values
-    return (top2[:, 0] - top2[:, 1]) > GAP
+    return separated(z + rng.gumbel_noise(seed, rows, W.shape[0]))
 
 
 def assert_matches_reference(out, h, W, b, temperature, seed, rows):
@@ -66,6 +72,10 @@ def assert_matches_reference(out, h, W, b, temperature, seed, rows):
     ok = separated_rows(h, W, b, temperature, seed, rows)
     assert ok.float().mean() > 0.9  # the comparison below covers most rows
     assert torch.equal(out.tokens[ok], ref.tokens[ok])
+    clear = separated(h.float() @ W.float().T + (0 if b is None else b.float()))
+    assert clear.float().mean() > 0.9
+    assert out.argmax.dtype == torch.int64
+    assert torch.equal(out.argmax[clear], ref.argmax[clear])
     torch.testing.assert_close(out.lse, ref.lse, rtol=RTOL, atol=ATOL)
     torch.testing.assert_close(out.expected_logit, ref.expected_logit, rtol=RTOL, atol=ATOL)
 
@@ -100,11 +110,35 @@ def test_matches_reference(dtype, bias, temperature):
 def test_small_tiles_and_vocabulary_splits(num_splits):
     # 16 x 32 tiles over H in steps of 16: 4 row blocks, 10 vocabulary tiles, 5 steps along H
     h, W, b, rows = make_inputs(torch.float32, seed=1)
-    tokens, lse, expected = sampler_triton.sample(
-        h, W, b, 1.3, 5, rows, block_m=16, block_v=32, block_k=16, num_splits=num_splits)
-    out = sample_reference(h, W, b, 1.3, 5, rows)._replace(
-        tokens=tokens, lse=lse, expected_logit=expected)
+    out = SampleOutput(*sampler_triton.sample(
+        h, W, b, 1.3, 5, rows, block_m=16, block_v=32, block_k=16, num_splits=num_splits))
     assert_matches_reference(out, h, W, b, 1.3, 5, rows)
+
+
+@kernel_test
+@pytest.mark.parametrize("num_splits", [1, 3])
+def test_argmax_takes_the_first_maximal_column_across_tiles_and_splits(num_splits):
+    # small integers: every logit is an exact integer whatever the summation order, so ties at
+    # the maximum are exact and common, and the argmax must be the first maximal column
+    g = torch.Generator().manual_seed(4)
+    hdim = 20  # not a multiple of block_k
+    h = torch.randint(-1, 2, (M, hdim), generator=g).float()
+    W = torch.randint(-1, 2, (V, hdim), generator=g).float()
+    b = torch.zeros(V)
+    # row 0: its largest possible logit sum|h_0| at columns 5 and 70 (32-column tiles 0 and 2;
+    # different splits when num_splits=3) must give 5; row 1: only at column 299, in the last,
+    # partial tile
+    W[5] = W[70] = h[0].sign()
+    W[299] = 2 * h[1].sign()
+    rows = torch.arange(M)
+    h, W, b, rows = (t.to(DEVICE) for t in (h, W, b, rows))
+    out = SampleOutput(*sampler_triton.sample(h, W, b, 1.0, 0, rows, block_m=16, block_v=32,
+                                              block_k=16, num_splits=num_splits))
+    logits = h @ W.T
+    assert out.argmax[:2].tolist() == [5, 299]
+    ties = (logits == logits.max(dim=-1, keepdim=True).values).sum(-1) > 1
+    assert ties.sum() > 10  # the comparison below covers many exact ties
+    assert torch.equal(out.argmax, logits.argmax(dim=-1))
 
 
 @kernel_test

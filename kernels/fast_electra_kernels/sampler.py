@@ -6,11 +6,12 @@ Shapes:
   W     [V, H]  decoder (output embedding) weight; b [V] its bias, or None
   rows  [M]     int64 global row ids, the RNG counters (fast_electra_ds/rng.py)
   z     [M, V]  logits / T = (h W^T + b) / T: the reference materializes it, the kernel never does
-  out   SampleOutput of [M] tensors: tokens int64, lse fp32, expected_logit fp32
+  out   SampleOutput of [M] tensors: tokens int64, lse fp32, expected_logit fp32, argmax int64
 
 A draw is argmax_v(z_v + g_v) with g standard Gumbel noise from fast_electra_ds.rng, a sample from
 softmax(z). lse = logsumexp_v z_v and expected_logit = E_p[z] = sum_v p_v z_v, so the entropy of
-p = softmax(z) is lse - expected_logit (SampleOutput.entropy).
+p = softmax(z) is lse - expected_logit (SampleOutput.entropy). argmax = argmax_v logits_v (the
+first on a tie, as torch.argmax) is the generator's prediction, for its accuracy metric.
 
 Three layers, as in Liger-Kernel: the Triton kernel (sampler_triton.py), `fused_sample` choosing it
 or the plain-torch `sample_reference`. Sampling is not differentiable and the outputs carry no
@@ -31,6 +32,7 @@ class SampleOutput(NamedTuple):
     tokens: torch.Tensor  # [M] int64 sampled vocabulary ids
     lse: torch.Tensor  # [M] fp32 logsumexp of logits / T
     expected_logit: torch.Tensor  # [M] fp32 E_p[logits / T], p = softmax(logits / T)
+    argmax: torch.Tensor  # [M] int64 argmax of the logits, before the temperature
 
     @property
     def entropy(self) -> torch.Tensor:
@@ -40,7 +42,8 @@ class SampleOutput(NamedTuple):
 
 def sample_reference(h: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None,
                      temperature: float, seed: int, rows: torch.Tensor) -> SampleOutput:
-    """Plain torch: materialize z [M, V] in fp32, add the counter-based Gumbel noise, argmax."""
+    """Plain torch: materialize the logits [M, V] in fp32 and z = logits / T, add the
+    counter-based Gumbel noise to z, argmax."""
     logits = h.float() @ W.float().T  # [M, V]
     if b is not None:
         logits = logits + b.float()
@@ -48,7 +51,7 @@ def sample_reference(h: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None,
     tokens = (z + rng.gumbel_noise(seed, rows, W.shape[0])).argmax(dim=-1)
     lse = torch.logsumexp(z, dim=-1)
     expected = (torch.softmax(z, dim=-1) * z).sum(dim=-1)
-    return SampleOutput(tokens, lse, expected)
+    return SampleOutput(tokens, lse, expected, logits.argmax(dim=-1))
 
 
 @torch.no_grad()

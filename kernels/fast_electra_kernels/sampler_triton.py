@@ -7,13 +7,16 @@ Shapes (one launch):
   b        [V]      decoder bias (any float dtype) or absent
   rows     [M]      int64 global row ids: the RNG counter of each row (fast_electra_ds/rng.py)
   partials [S, M]   per vocabulary split s: running max, sum of exp, sum of exp * z,
-                    best score z + g and its column (S = number of splits, usually 1)
-  out      [M]      int64 token, fp32 lse = logsumexp(z), fp32 E_p[z], with z = (h W^T + b) / T
+                    best score z + g and its column, largest logit and its column
+                    (S = number of splits, usually 1)
+  out      [M]      int64 token, fp32 lse = logsumexp(z), fp32 E_p[z], int64 argmax of the
+                    logits, with logits = h W^T + b and z = logits / T
 
 Grid (cdiv(M, BLOCK_M), S): a program streams its row block over its share of the vocabulary in
 BLOCK_V tiles; each tile's logits are a [BLOCK_M, BLOCK_V] fp32 accumulator built in BLOCK_K
 steps over H. [M, V] never exists in memory: per row it keeps an online logsumexp (running max,
-running sum of exp, running sum of exp * z) and an online Gumbel-max (running best z + g). With
+running sum of exp, running sum of exp * z), an online Gumbel-max (running best z + g) and an online argmax of the
+logits (running largest logit, for the generator's accuracy). With
 S > 1 the splits' partials are merged by `merge_partials` (a few [S, M] torch ops).
 
 The Gumbel noise re-implements fast_electra_ds/rng.py on uint32: products wrap modulo 2**32,
@@ -80,7 +83,7 @@ def _noise_kernel(rows_ptr, u_ptr, g_ptr, M, V, seed_word,
 @triton.jit(do_not_specialize=["seed_word"])
 def _fused_sample_kernel(
     h_ptr, w_ptr, b_ptr, rows_ptr,
-    max_ptr, sum_ptr, dot_ptr, best_ptr, idx_ptr,  # partials [S, M]
+    max_ptr, sum_ptr, dot_ptr, best_ptr, idx_ptr, high_ptr, high_idx_ptr,  # partials [S, M]
     M, V, H, stride_hm, stride_wv, temperature, seed_word, tiles_per_split,
     HAS_BIAS: tl.constexpr, DOT_IN_FP32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -96,6 +99,8 @@ def _fused_sample_kernel(
     run_dot = tl.zeros([BLOCK_M], tl.float32)  # sum exp(z - run_max) * z
     best = tl.full([BLOCK_M], float("-inf"), tl.float32)
     best_idx = tl.zeros([BLOCK_M], tl.int32)
+    high = tl.full([BLOCK_M], float("-inf"), tl.float32)  # largest logit so far
+    high_idx = tl.zeros([BLOCK_M], tl.int32)
 
     v_begin = split * tiles_per_split * BLOCK_V
     v_end = tl.minimum(V, v_begin + tiles_per_split * BLOCK_V)
@@ -116,11 +121,21 @@ def _fused_sample_kernel(
                 acc = tl.dot(h, w, acc)
         if HAS_BIAS:
             acc += tl.load(b_ptr + offs_v, mask=v_mask, other=0.0).to(tl.float32)[None, :]
+        logits = tl.where(v_mask[None, :], acc, float("-inf"))
+        tile_high = tl.max(logits, axis=1)
+        # the first maximal column, as torch.argmax; strict > keeps the earlier tile on a tie
+        tile_high_idx = v0 + tl.argmax(logits, axis=1)
+        higher = tile_high > high
+        high = tl.where(higher, tile_high, high)
+        high_idx = tl.where(higher, tile_high_idx, high_idx)
+
         # divide, as the reference does (not multiply by 1/T, which rounds differently)
         z_finite = acc / temperature  # padded columns hold 0 here (zero-filled loads)
         z = tl.where(v_mask[None, :], z_finite, float("-inf"))
 
-        new_max = tl.maximum(run_max, tl.max(z, axis=1))
+        # max_v z_v = (max_v logits_v) / T exactly: rounded division by T > 0 is monotonic, so
+        # the logits' tile maximum saves a second reduction
+        new_max = tl.maximum(run_max, tile_high / temperature)
         alpha = tl.exp(run_max - new_max)  # 0 on the first tile (run_max = -inf)
         p = tl.exp(z - new_max[:, None])  # 0 in padded columns
         run_sum = run_sum * alpha + tl.sum(p, axis=1)
@@ -142,6 +157,8 @@ def _fused_sample_kernel(
     tl.store(dot_ptr + out, run_dot, mask=m_mask)
     tl.store(best_ptr + out, best, mask=m_mask)
     tl.store(idx_ptr + out, best_idx, mask=m_mask)
+    tl.store(high_ptr + out, high, mask=m_mask)
+    tl.store(high_idx_ptr + out, high_idx, mask=m_mask)
 
 
 def seed_word(seed: int) -> int:
@@ -171,24 +188,27 @@ def default_num_splits(device: torch.device, M: int, V: int, block_m: int = 64,
     return max(1, min(triton.cdiv(V, block_v), triton.cdiv(2 * num_sms, triton.cdiv(M, block_m))))
 
 
-def merge_partials(run_max, run_sum, run_dot, best, best_idx):
-    """Merge [S, M] per-split partials into (tokens int64, lse fp32, E[z] fp32), each [M]."""
+def merge_partials(run_max, run_sum, run_dot, best, best_idx, high, high_idx):
+    """Merge [S, M] per-split partials into (tokens int64, lse fp32, E[z] fp32, argmax int64),
+    each [M]."""
     top = run_max.max(dim=0).values  # [M]
     scale = torch.exp(run_max - top)  # [S, M]
     total = (run_sum * scale).sum(dim=0)
     lse = top + torch.log(total)
     expected = (run_dot * scale).sum(dim=0) / total
-    # argmax returns the first maximal split, i.e. the lowest columns on an exact tie
+    # argmax returns the first maximal split, i.e. the lowest columns on an exact tie (for both)
     split = best.argmax(dim=0, keepdim=True)  # [1, M]
     tokens = best_idx.gather(0, split).squeeze(0).to(torch.int64)
-    return tokens, lse, expected
+    argmax = high_idx.gather(0, high.argmax(dim=0, keepdim=True)).squeeze(0).to(torch.int64)
+    return tokens, lse, expected, argmax
 
 
 def sample(h: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None, temperature: float,
            seed: int, rows: torch.Tensor, *, block_m: int = 64, block_v: int = 128,
            block_k: int | None = None, num_splits: int | None = None,
            num_warps: int = 8, num_stages: int = 3):
-    """Launch the fused sampler; returns (tokens [M] int64, lse [M] fp32, E[z] [M] fp32).
+    """Launch the fused sampler; returns (tokens [M] int64, lse [M] fp32, E[z] [M] fp32,
+    argmax of the logits [M] int64).
 
     Block sizes are fixed defaults, not tuned per device; `num_splits` (vocabulary splits, merged
     afterwards) defaults to `default_num_splits`.
@@ -213,14 +233,15 @@ def sample(h: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None, temperature
     tiles_per_split = triton.cdiv(num_tiles, num_splits)
     num_splits = triton.cdiv(num_tiles, tiles_per_split)  # no empty split
 
-    partial = torch.empty(4, num_splits, M, dtype=torch.float32, device=h.device)
-    best_idx = torch.empty(num_splits, M, dtype=torch.int32, device=h.device)
+    partial = torch.empty(5, num_splits, M, dtype=torch.float32, device=h.device)
+    index = torch.empty(2, num_splits, M, dtype=torch.int32, device=h.device)
     _fused_sample_kernel[(num_row_blocks, num_splits)](
         h, W, b if b is not None else h, rows.contiguous(),
-        partial[0], partial[1], partial[2], partial[3], best_idx,
+        partial[0], partial[1], partial[2], partial[3], index[0], partial[4], index[1],
         M, V, H, h.stride(0), W.stride(0), float(temperature), seed_word(seed), tiles_per_split,
         HAS_BIAS=b is not None, DOT_IN_FP32=dot_in_fp32,
         BLOCK_M=block_m, BLOCK_V=block_v, BLOCK_K=block_k,
         num_warps=num_warps, num_stages=num_stages,
     )
-    return merge_partials(partial[0], partial[1], partial[2], partial[3], best_idx)
+    return merge_partials(partial[0], partial[1], partial[2], partial[3], index[0], partial[4],
+                          index[1])

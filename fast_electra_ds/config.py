@@ -209,6 +209,10 @@ class RunConfig:
     """DeepSpeed JSON with speed and memory settings (ZeRO stage, precision, buckets, offload)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto = cuda when available, else cpu."""
+    kernels: Literal["auto", "on", "off"] = "auto"
+    """auto: the fused Triton sampler and RTD loss on CUDA when Triton imports, the torch
+    references otherwise; on: require them (error if unavailable; on CPU only under
+    TRITON_INTERPRET=1, for tests); off: the torch references."""
     seed: int = 1234
     """Seeds model init, data order, masking and sampling."""
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -374,6 +378,9 @@ def _coerce(value: Any, typ: Any, key: str, source: str) -> Any:
     origin = typing.get_origin(typ)
     if origin is Literal:
         choices = typing.get_args(typ)
+        # YAML 1.1 reads a bare on / off (also yes / no, true / false) as a boolean
+        if isinstance(value, bool) and {"on", "off"} <= set(choices):
+            value = "on" if value else "off"
         if value not in choices:
             bad("one of " + ", ".join(map(str, choices)))
         return value

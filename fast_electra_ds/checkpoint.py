@@ -1,19 +1,25 @@
-"""DeepSpeed checkpoints with a commit protocol, and resume.
+"""DeepSpeed checkpoints with a commit protocol, validated resume, and world-size changes.
 
 DeepSpeed's own `latest` file is written by rank 0 with a plain open() before the final barrier,
 so a crash there leaves it naming a half-written tag; and `load_checkpoint` on a folder without
 `latest` only warns and returns nothing. So:
 
   save:   every rank writes its shards (save_latest=False) -> barrier -> rank 0 writes
-          <tag>/COMMITTED.json (step, consumed samples, config hash, versions, world size, ZeRO
-          stage), then `latest` by temp file + fsync + rename -> barrier -> rank 0 deletes the
-          oldest committed checkpoints beyond keep_last (only ever after a newer commit).
-  load:   rank 0 picks the tag `latest` names if it is committed, else the newest committed tag,
-          and broadcasts it; every rank loads it. Asking for a checkpoint that is not there is an
-          error, never a silent fresh start.
+          <tag>/COMMITTED.json (step, consumed samples, config, versions, world size, ZeRO stage,
+          every file's size), then `latest`, each by temp file + fsync + rename -> barrier ->
+          rank 0 deletes the oldest committed checkpoints beyond keep_last (only ever after a
+          newer commit, so there is always one to fall back to).
+  load:   before the engine exists (`plan_resume`), rank 0 picks the tag `latest` names, checks
+          it is committed, its files intact (sizes as recorded) and compatible with this run,
+          and broadcasts the plan; every rank loads it (`resume`). Asking for a checkpoint that
+          is not there is an error, never a silent fresh start.
 
 DeepSpeed does not save RNG states: each rank's python/numpy/torch(/cuda) states are gathered
-into the client_state so a resumed run continues bit for bit (dropout draws included).
+into the client_state, so a resumed run continues bit for bit (dropout draws included).
+
+A different world size (same global batch) needs DeepSpeed's universal checkpoint format for
+ZeRO stages >= 1: rank 0 converts with `deepspeed.checkpoint.ds_to_universal` into
+checkpoints/universal/<tag> and the engine loads that with `checkpoint.load_universal`.
 """
 
 from __future__ import annotations
@@ -23,9 +29,11 @@ import json
 import os
 import random
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -36,6 +44,15 @@ from fast_electra_ds.errors import UserError
 
 MARKER = "COMMITTED.json"
 LATEST = "latest"
+UNIVERSAL = "universal"
+
+# Run-config keys whose change makes a checkpoint unusable, and keys whose change is allowed
+# but worth a warning. Shapes decide whether the tensors fit at all.
+_MUST_MATCH = ("mode", "model", "data.seq_len")
+_GENERATOR_SHAPE = ("generator.num_layers", "generator.hidden_size", "generator.num_heads",
+                    "generator.intermediate_size")
+_WARN_IF_CHANGED = ("optim", "train.global_batch_size", "train.steps", "temperature",
+                    "masking", "seed")
 
 
 @dataclass
@@ -45,6 +62,16 @@ class TrainState:
     step: int = 0
     consumed_samples: int = 0
     wandb_id: str | None = None
+
+
+@dataclass
+class ResumePlan:
+    """Which checkpoint every rank loads, decided by rank 0 before the engine is built."""
+
+    load_dir: str
+    tag: str
+    universal: bool  # load through DeepSpeed's universal format (another world size)
+    saved_world_size: int
 
 
 def config_hash(cfg: RunConfig) -> str:
@@ -70,6 +97,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w") as f:
@@ -77,15 +112,15 @@ def _atomic_write(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    _fsync_dir(path.parent)
 
 
 def _tag(step: int) -> str:
     return f"step{step:09d}"
+
+
+def checkpoint_dir(cfg: RunConfig) -> Path:
+    return Path(cfg.run_dir) / "checkpoints"
 
 
 def committed_tags(ckpt_dir: Path) -> list[str]:
@@ -95,9 +130,18 @@ def committed_tags(ckpt_dir: Path) -> list[str]:
     return sorted(p.parent.name for p in ckpt_dir.glob(f"step*/{MARKER}"))
 
 
-def save(engine, cfg: RunConfig, state: TrainState, *, zero_stage: int) -> Path:
+def read_marker(ckpt_dir: Path, tag: str) -> dict[str, Any]:
+    return json.loads((ckpt_dir / tag / MARKER).read_text())
+
+
+# --------------------------------------------------------------------------------------------
+# Save
+
+
+def save(engine, cfg: RunConfig, state: TrainState, *, zero_stage: int,
+         extra_marker: dict[str, Any] | None = None) -> Path:
     """Save and commit a checkpoint of `engine` at `state.step`. Collective: all ranks call it."""
-    ckpt_dir = Path(cfg.run_dir) / "checkpoints"
+    ckpt_dir = checkpoint_dir(cfg)
     tag = _tag(state.step)
     rngs: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(rngs, rng_state())
@@ -107,73 +151,196 @@ def save(engine, cfg: RunConfig, state: TrainState, *, zero_stage: int) -> Path:
                     # lets `ds_to_universal` convert this checkpoint for another world size
                     "universal_checkpoint_info": {}}
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
-    dist.barrier()
+    dist.barrier()  # every rank's shards are on disk (and fsynced by torch.save's close)
     if dist.get_rank() == 0:
         import deepspeed
 
+        tag_dir = ckpt_dir / tag
+        for f in tag_dir.iterdir():  # torch.save closes but does not fsync
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        _fsync_dir(tag_dir)
         marker = {"tag": tag, "step": state.step, "consumed_samples": state.consumed_samples,
-                  "config_hash": config_hash(cfg), "world_size": dist.get_world_size(),
-                  "zero_stage": zero_stage, "mode": cfg.mode,
-                  "versions": {"torch": torch.__version__, "deepspeed": deepspeed.__version__}}
-        _atomic_write(ckpt_dir / tag / MARKER, json.dumps(marker, indent=2) + "\n")
+                  "config_hash": config_hash(cfg), "config": cfg.to_dict(),
+                  "world_size": dist.get_world_size(), "zero_stage": zero_stage,
+                  "versions": {"torch": torch.__version__, "deepspeed": deepspeed.__version__},
+                  "files": {f.name: f.stat().st_size for f in sorted(tag_dir.iterdir())},
+                  **(extra_marker or {})}
+        _atomic_write(tag_dir / MARKER, json.dumps(marker, indent=2) + "\n")
         _atomic_write(ckpt_dir / LATEST, tag)
-        tags = committed_tags(ckpt_dir)
-        for old in tags[:-cfg.checkpoint.keep_last]:
+        for old in committed_tags(ckpt_dir)[:-cfg.checkpoint.keep_last]:
             shutil.rmtree(ckpt_dir / old, ignore_errors=True)
+            shutil.rmtree(ckpt_dir / UNIVERSAL / old, ignore_errors=True)
     dist.barrier()
     return ckpt_dir / tag
 
 
-def _choose_tag(ckpt_dir: Path) -> str | None:
-    """The tag `latest` names if it is committed, else the newest committed one, else None."""
-    latest = ckpt_dir / LATEST
+# --------------------------------------------------------------------------------------------
+# Resume
+
+
+def _pick(how: str, run_dir: Path) -> tuple[Path, str] | None:
+    """(checkpoints folder, tag) to resume from, or None to start fresh. Raises UserError for
+    an explicit `resume=PATH` with nothing loadable, or a broken `latest`."""
+    explicit = how != "auto"
+    where = Path(how) if explicit else run_dir / "checkpoints"
+    if explicit and (where / MARKER).is_file():  # a tag folder itself was named
+        return where.parent, where.name
+    latest = where / LATEST
     if latest.is_file():
         tag = latest.read_text().strip()
-        if (ckpt_dir / tag / MARKER).is_file():
-            return tag
-    tags = committed_tags(ckpt_dir)
-    return tags[-1] if tags else None
+        if not (where / tag).is_dir():
+            raise UserError(f"{latest} names checkpoint {tag!r}, which does not exist: fix or "
+                            f"delete {latest} (the newest committed one is then used), or start "
+                            f"with checkpoint.resume=none")
+        if not (where / tag / MARKER).is_file():
+            raise UserError(f"{latest} names {where / tag}, which was never committed (no "
+                            f"{MARKER}; its save was interrupted): delete {latest} to resume from "
+                            f"the newest committed checkpoint")
+        return where, tag
+    tags = committed_tags(where)
+    if tags:
+        return where, tags[-1]
+    if explicit:
+        raise UserError(f"checkpoint.resume={how}: no committed checkpoint there (a folder with "
+                        f"step*/{MARKER}); point it at a run's checkpoints folder or one of its "
+                        f"step folders, or use resume=auto / resume=none")
+    return None
 
 
-def resume(engine, cfg: RunConfig, log=print) -> TrainState:
-    """Restore engine, optimizer, LR schedule, step, consumed samples and RNG per
-    `cfg.checkpoint.resume`. Collective. Returns a fresh TrainState when starting from scratch."""
-    how = cfg.checkpoint.resume
-    if how == "none":
-        log("resume=none: starting fresh")
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_compatible(marker: dict[str, Any], cfg: RunConfig, *, vocab_size: int,
+                     where: Path, log: Callable[[str], None]) -> None:
+    """Errors for what makes the checkpoint unusable (shapes, vocabulary, seq_len, mode);
+    warnings for what merely changes the training from here on (LR, batch, schedule)."""
+    saved, now = _flat(marker["config"]), _flat(cfg.to_dict())
+    must = list(_MUST_MATCH) + (list(_GENERATOR_SHAPE) if cfg.mode != "fast-electra" else [])
+    errors = [f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}"
+              for k in now if any(k == m or k.startswith(m + ".") for m in must)
+              and saved.get(k) != now[k]]
+    if marker.get("vocab_size") is not None and marker["vocab_size"] != vocab_size:
+        errors.append(f"vocabulary size: checkpoint {marker['vocab_size']}, data now "
+                      f"{vocab_size}")
+    if errors:
+        raise UserError(f"checkpoint {where} does not fit this run:\n  - " + "\n  - ".join(errors)
+                        + "\nuse the config it was trained with, another run_dir, or "
+                          "checkpoint.resume=none")
+    changed = [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in now
+               if any(k == w or k.startswith(w + ".") for w in _WARN_IF_CHANGED)
+               and saved.get(k) != now[k]]
+    if changed:
+        log("warning: resuming with changed settings (training continues with the new ones): "
+            + "; ".join(changed))
+
+
+def check_files(ckpt_dir: Path, tag: str, marker: dict[str, Any]) -> None:
+    """Every file the commit recorded is there with its recorded size (a copy cut short by a
+    full disk or an interrupted transfer is caught here, naming the file)."""
+    for name, size in marker.get("files", {}).items():
+        path = ckpt_dir / tag / name
+        if not path.is_file():
+            raise UserError(f"checkpoint file {path} is missing; restore it, or delete "
+                            f"{ckpt_dir / tag} to fall back to the previous checkpoint")
+        if path.stat().st_size != size:
+            raise UserError(f"checkpoint file {path} is {path.stat().st_size} bytes but was "
+                            f"committed with {size} (truncated or corrupted); restore it, or "
+                            f"delete {ckpt_dir / tag} to fall back to the previous checkpoint")
+
+
+def plan_resume(cfg: RunConfig, *, world_size: int, vocab_size: int,
+                log: Callable[[str], None]) -> ResumePlan | None:
+    """Decide, on rank 0, what to resume from; validate it; convert it to DeepSpeed's universal
+    format when the world size changed under ZeRO >= 1. Collective; None = start fresh."""
+    if cfg.checkpoint.resume == "none":
+        log("checkpoint.resume=none: starting fresh")
+        return None
+    result: list[Any] = [None]
+    if dist.get_rank() == 0:
+        try:
+            result[0] = _plan_on_rank0(cfg, world_size, vocab_size, log)
+        except UserError as e:  # every rank must learn of it, or the others hang
+            result[0] = e
+    dist.broadcast_object_list(result, src=0)
+    if isinstance(result[0], UserError):
+        raise result[0]
+    if result[0] is None:
+        log(f"checkpoint.resume=auto: no committed checkpoint in {checkpoint_dir(cfg)}, "
+            f"starting fresh")
+    return result[0]
+
+
+def _plan_on_rank0(cfg: RunConfig, world_size: int, vocab_size: int,
+                   log: Callable[[str], None]) -> ResumePlan | None:
+    picked = _pick(cfg.checkpoint.resume, Path(cfg.run_dir))
+    if picked is None:
+        return None
+    ckpt_dir, tag = picked
+    marker = read_marker(ckpt_dir, tag)
+    check_files(ckpt_dir, tag, marker)
+    check_compatible(marker, cfg, vocab_size=vocab_size, where=ckpt_dir / tag, log=log)
+    saved_world = marker["world_size"]
+    universal = saved_world != world_size and marker["zero_stage"] >= 1
+    if marker["config"]["train"]["global_batch_size"] != cfg.train.global_batch_size \
+            and saved_world != world_size:
+        log("warning: the world size and the global batch size both changed; the data order "
+            "continues from the consumed-sample count, but the batches differ from the "
+            "original run's")
+    load_dir = ckpt_dir
+    if universal:
+        load_dir = ckpt_dir / UNIVERSAL
+        if not (load_dir / tag).is_dir():
+            log(f"checkpoint {ckpt_dir / tag} was written by {saved_world} ranks, this run has "
+                f"{world_size}: converting it to DeepSpeed's universal format in "
+                f"{load_dir / tag}")
+            convert_to_universal(ckpt_dir / tag, load_dir / tag)
+    return ResumePlan(load_dir=str(load_dir), tag=tag, universal=universal,
+                      saved_world_size=saved_world)
+
+
+def convert_to_universal(src: Path, dst: Path) -> None:
+    """`python -m deepspeed.checkpoint.ds_to_universal`, into a temp folder renamed on success."""
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+           str(src), "--output_folder", str(tmp), "--num_extract_workers", "1",
+           "--num_merge_workers", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"converting {src} to a universal checkpoint failed; run it by hand to "
+                        f"see why:\n  {' '.join(cmd)}\n{proc.stderr[-2000:]}")
+    os.replace(tmp, dst)
+
+
+def resume(engine, plan: ResumePlan | None, log: Callable[[str], None]) -> TrainState:
+    """Load the planned checkpoint into `engine` on every rank; restore step, consumed samples,
+    wandb id and (same world size only) this rank's RNG states. Collective."""
+    if plan is None:
         return TrainState()
-    explicit = how != "auto"
-    ckpt_dir = Path(how) if explicit else Path(cfg.run_dir) / "checkpoints"
-    if explicit and (ckpt_dir / MARKER).is_file():  # a tag folder itself was named
-        ckpt_dir, chosen = ckpt_dir.parent, ckpt_dir.name
-    else:
-        chosen = None
-    pick = [chosen or (_choose_tag(ckpt_dir) if dist.get_rank() == 0 else None)]
-    dist.broadcast_object_list(pick, src=0)
-    tag = pick[0]
-    if tag is None:
-        if explicit:
-            raise UserError(f"resume={how}: no committed checkpoint there (a folder with "
-                            f"step*/{MARKER}); point resume at a run's checkpoints folder, or "
-                            f"use resume=auto / resume=none")
-        log(f"resume=auto: no committed checkpoint in {ckpt_dir}, starting fresh")
-        return TrainState()
-    marker = json.loads((ckpt_dir / tag / MARKER).read_text())
-    if marker.get("mode") != cfg.mode:
-        raise UserError(f"checkpoint {ckpt_dir / tag} was written by mode={marker.get('mode')}, "
-                        f"this run is mode={cfg.mode}; use another run_dir or resume=none")
-    path, client = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True,
+    path, client = engine.load_checkpoint(plan.load_dir, tag=plan.tag,
+                                          load_optimizer_states=True,
                                           load_lr_scheduler_states=True)
     if path is None or client is None:
-        raise UserError(f"DeepSpeed could not load checkpoint {ckpt_dir / tag}; its files may be "
-                        f"incomplete. Delete that folder to fall back to the previous one.")
+        raise UserError(f"DeepSpeed could not load checkpoint {plan.load_dir}/{plan.tag}; "
+                        f"delete that folder to fall back to the previous one")
     rngs = client["rng_states"]
     if len(rngs) == dist.get_world_size():
         set_rng_state(rngs[dist.get_rank()])
     else:
         log(f"checkpoint was written by {len(rngs)} ranks, this run has "
-            f"{dist.get_world_size()}: RNG states not restored (dropout draws will differ)")
-    log(f"resumed from {ckpt_dir / tag} (step {client['step']}, "
+            f"{dist.get_world_size()}: data order continues exactly, RNG states (dropout) "
+            f"start anew")
+    log(f"resumed from {plan.load_dir}/{plan.tag} (step {client['step']}, "
         f"{client['consumed_samples']} samples consumed)")
     return TrainState(step=client["step"], consumed_samples=client["consumed_samples"],
                       wandb_id=client.get("wandb_id"))

@@ -166,6 +166,14 @@ class TrainConfig:
     """Evaluate on the valid split every this many steps (0 = never)."""
     eval_batches: int = 20
     """Micro-batches per evaluation."""
+    max_consecutive_skips: int = 5
+    """A step whose loss is not finite on any rank is skipped by every rank (no update); this many
+    skipped steps in a row stop the run with an error."""
+    time_limit_minutes: float = 0.0
+    """Save a checkpoint and exit cleanly once the run has gone this long (0 = no limit), e.g. a
+    little under a cluster job's limit. SIGTERM and SIGUSR1 do the same at any time."""
+    dist_timeout_minutes: float = 30.0
+    """Timeout of collective operations (the process group), after which a hung rank fails."""
 
 
 @dataclass
@@ -489,6 +497,9 @@ def _problems(cfg: RunConfig, check_files: bool) -> list[str]:
     need(tr.rtd_weight > 0, f"train.rtd_weight must be > 0, got {tr.rtd_weight}")
     need(tr.eval_every >= 0 and tr.eval_batches >= 1,
          "train.eval_every must be >= 0 and train.eval_batches >= 1")
+    need(tr.max_consecutive_skips >= 1, "train.max_consecutive_skips must be >= 1")
+    need(tr.time_limit_minutes >= 0, "train.time_limit_minutes must be >= 0")
+    need(tr.dist_timeout_minutes > 0, "train.dist_timeout_minutes must be > 0")
     need(cfg.checkpoint.save_every >= 0, "checkpoint.save_every must be >= 0")
     need(cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last must be >= 1")
     need(cfg.logging.log_every >= 1, "logging.log_every must be >= 1")
@@ -507,6 +518,8 @@ def _problems(cfg: RunConfig, check_files: bool) -> list[str]:
         for p in d.paths:
             need(resolve_path(p).is_dir(), f"data.paths: {p} is not a directory; run "
                                            f"`fast-electra prepare-data --output {p}` first")
+        need(not Path(cfg.run_dir).exists() or Path(cfg.run_dir).is_dir(),
+             f"run_dir: {cfg.run_dir} exists and is not a directory")
         need(resolve_path(cfg.ds_config).is_file(),
              f"ds_config: {cfg.ds_config} does not exist (bundled: "
              f"{', '.join(sorted(p.name for p in (REPO_ROOT / 'ds_configs').glob('*.json')))})")

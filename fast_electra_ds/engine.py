@@ -73,6 +73,28 @@ def init_distributed(cfg: RunConfig, timeout_minutes: float = 30.0) -> DistEnv:
     return DistEnv(rank=rank, world_size=world, local_rank=local_rank, device=device)
 
 
+class SkippableStep:
+    """Mixin: `skip_next_step = True` makes the next `step()` a no-op.
+
+    However DeepSpeed wraps the optimizer (ZeRO partitions, the bf16 master-weight optimizer),
+    the update ends in this object's step(); returning there leaves the master weights and the
+    Adam moments untouched, and DeepSpeed then copies the unchanged master weights back and
+    zeroes the gradients as usual. That is how all ranks skip a step with a non-finite loss
+    together (train.FaultGuard), in every ZeRO stage and precision, without touching the engine.
+    """
+
+    skip_next_step = False
+
+    def step(self, *args, **kwargs):
+        if self.skip_next_step:
+            return None
+        return super().step(*args, **kwargs)
+
+
+def _skippable(cls: type) -> type:
+    return type(f"Skippable{cls.__name__}", (SkippableStep, cls), {})
+
+
 def build_optimizer(module: torch.nn.Module, optim: OptimConfig, ds: dict[str, Any],
                     device: torch.device) -> tuple[torch.optim.Optimizer, str]:
     """AdamW; fused where it exists. Returns the optimizer and a name for the log."""
@@ -83,17 +105,19 @@ def build_optimizer(module: torch.nn.Module, optim: OptimConfig, ds: dict[str, A
         # ZeRO-Offload steps the optimizer on the CPU; DeepSpeed requires its own CPU Adam there.
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
-        return DeepSpeedCPUAdam(groups, adamw_mode=True, **kwargs), "DeepSpeedCPUAdam"
+        return (_skippable(DeepSpeedCPUAdam)(groups, adamw_mode=True, **kwargs),
+                "DeepSpeedCPUAdam")
     if device.type == "cuda":
         try:  # NVIDIA apex, when it was built on this machine
             from apex.optimizers import FusedAdam as ApexFusedAdam
 
-            return ApexFusedAdam(groups, adam_w_mode=True, **kwargs), "apex.FusedAdam"
+            return (_skippable(ApexFusedAdam)(groups, adam_w_mode=True, **kwargs),
+                    "apex.FusedAdam")
         except ImportError:
             pass
         # Without apex: torch's fused AdamW (one multi-tensor CUDA kernel, no JIT build needed).
-        return torch.optim.AdamW(groups, fused=True, **kwargs), "torch.AdamW(fused)"
-    return torch.optim.AdamW(groups, foreach=True, **kwargs), "torch.AdamW"
+        return _skippable(torch.optim.AdamW)(groups, fused=True, **kwargs), "torch.AdamW(fused)"
+    return _skippable(torch.optim.AdamW)(groups, foreach=True, **kwargs), "torch.AdamW"
 
 
 def warmup_linear_decay(optimizer: torch.optim.Optimizer, warmup_steps: int,

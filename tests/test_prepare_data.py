@@ -127,6 +127,15 @@ def test_parallel_tokenization_writes_identical_files(tmp_path, tiny_corpus, tin
         assert (out / name).read_bytes() == (tiny_dataset / name).read_bytes(), name
 
 
+def test_documents_survive_read_chunk_boundaries(monkeypatch, tiny_corpus):
+    """`datasets` reads text in chunks; documents and lines must not depend on where they fall."""
+    from fast_electra_ds.data import corpus
+
+    monkeypatch.setattr(corpus, "_READ_CHUNK_BYTES", 997)
+    monkeypatch.setattr(corpus, "_BATCH_ROWS", 7)
+    assert list(corpus.Corpus([str(tiny_corpus)]).documents()) == text_documents(tiny_corpus)
+
+
 def test_pack_document():
     ids = np.arange(10, 23, dtype=np.int32)  # 13 tokens, 6 per sequence at seq_len 8
     tokens, lengths = pack_document(ids, 8, cls_id=2, sep_id=3)

@@ -33,6 +33,7 @@ from fast_electra_ds.errors import UserError
 _BUILDER_BY_SUFFIX = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 _SCAN_CHUNK_BYTES = 1 << 20
 _BATCH_ROWS = 1000  # rows per batch pulled from `datasets`
+_READ_CHUNK_BYTES = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -196,7 +197,10 @@ def _stream(path: Path, builder: str) -> Iterator[dict[str, list]]:
     """Batches (column -> list of values) of one file through a streaming `datasets` builder."""
     from datasets import load_dataset  # imported here: it takes ~1 s and only reading needs it
 
-    ds = load_dataset(builder, data_files=[str(path)], streaming=True, split="train")
+    # text and json read the file in `chunksize` pieces (10 MB by default), each held as a string,
+    # its lines and an Arrow table at once: 1 MiB keeps that transient small
+    options = {"chunksize": _READ_CHUNK_BYTES} if builder in ("text", "json") else {}
+    ds = load_dataset(builder, data_files=[str(path)], streaming=True, split="train", **options)
     return ds.iter(batch_size=_BATCH_ROWS)
 
 

@@ -23,6 +23,7 @@ nothing named OUTPUT):
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import itertools
 import json
@@ -195,7 +196,16 @@ def _tokenized_pieces(corpus: Corpus, tok, tokenizer_ref: str, num_proc: int, sc
     # fork: workers start at once, sharing the loaded modules (the package's __main__ has no
     # `if __name__ == "__main__"` guard, which spawn would need)
     ctx = mp.get_context("fork")
-    with ctx.Pool(num_proc, initializer=_init_worker, initargs=(tokenizer_ref,)) as pool:
+    # Forked workers share the parent's pages until they write to them, and the garbage
+    # collector writes to every object it scans: frozen objects are never scanned, so the
+    # inherited heap (torch, megatron, transformers) stays shared instead of being copied into
+    # each worker as collections happen.
+    gc.freeze()
+    try:
+        pool = ctx.Pool(num_proc, initializer=_init_worker, initargs=(tokenizer_ref,))
+    finally:
+        gc.unfreeze()
+    with pool:
         in_flight: deque = deque()
         for chunk in chunks:
             in_flight.append(pool.apply_async(_tokenize_chunk, (chunk,)))

@@ -59,8 +59,10 @@ def test_missing_special_tokens_are_named(tokenizer_without):
     assert "[MASK], [CLS], [SEP], [PAD]" in str(e.value)
 
 
-def test_missing_tokenizer_fails_fast_without_hub_lookup(tmp_path):
-    for name in (str(tmp_path / "absent"), "absent-tokenizer", "./absent"):
+def test_missing_tokenizer_fails_fast_without_hub_lookup(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    for name in (str(tmp_path / "absent"), "absent-tokenizer", "./absent", "runs/tok"):
         with pytest.raises(UserError, match="is not a directory"):
             load_tokenizer(name)
 

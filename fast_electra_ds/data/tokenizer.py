@@ -28,6 +28,11 @@ def train_tokenizer(inputs: list[str], vocab_size: int, output: str, *, lowercas
 
     Refuses a non-empty `output` unless `overwrite`; the folder is written beside it and renamed
     into place, so a failed run loses nothing.
+
+    HF's WordPiece trainer is not deterministic: ties between equally frequent merges are
+    broken in hash-map order, so two trainings on the same text can differ in a few tokens
+    (huggingface/tokenizers#1794). Train once and reuse the folder; prepared data records the
+    tokenizer's fingerprint, so data from different trainings is never mixed unnoticed.
     """
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from tokenizers import trainers
@@ -91,8 +96,9 @@ def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer
 
     path = Path(name_or_path).expanduser()
+    # "runs/tok" with a local runs/ folder is a mistyped path, not a hub organisation
     is_hub_id = (not path.exists() and name_or_path.count("/") == 1
-                 and not name_or_path.startswith((".", "/", "~")))
+                 and not name_or_path.startswith((".", "/", "~")) and not path.parent.exists())
     if not is_hub_id and not path.is_dir():
         raise UserError(f"tokenizer {name_or_path} is not a directory (nor a hub id like "
                         f"org/name); train one with `fast-electra train-tokenizer --output "

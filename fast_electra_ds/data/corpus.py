@@ -33,7 +33,7 @@ from fast_electra_ds.errors import UserError
 _BUILDER_BY_SUFFIX = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 _SCAN_CHUNK_BYTES = 1 << 20
 _BATCH_ROWS = 1000  # rows per batch pulled from `datasets`
-_READ_CHUNK_BYTES = 4 << 20
+_READ_CHUNK_BYTES = 1 << 20  # see _stream
 
 
 @dataclass(frozen=True)

@@ -197,6 +197,17 @@ def test_json_parquet_and_globs_in_order(tmp_path, tiny_tokenizer):
     assert not (tmp_path / "ds2").exists()
 
 
+def test_malformed_json_and_parquet(tmp_path, tiny_tokenizer):
+    (tmp_path / "broken.jsonl").write_text('{"text": "fine"}\n{"text": broken\n')
+    (tmp_path / "fake.parquet").write_text("not parquet")
+    for name in ("broken.jsonl", "fake.parquet"):
+        with pytest.raises(UserError, match=f"{name} cannot be read as .*; fix the file or "
+                                            f"remove it from --input"):
+            prepare_data([str(tmp_path / name)], tokenizer=str(tiny_tokenizer), seq_len=16,
+                         output=str(tmp_path / "ds"))
+        assert not (tmp_path / "ds").exists()
+
+
 def test_skip_invalid_utf8_in_json_lines(tmp_path, tiny_tokenizer):
     path = tmp_path / "bad.jsonl"
     path.write_bytes(b'{"text": "good one"}\n{"text": "bad \xff one"}\n{"text": "good two"}\n')

@@ -124,7 +124,7 @@ class Corpus:
         if errors not in ("strict", "skip"):
             raise UserError(f"errors must be 'strict' or 'skip', got {errors!r}")
         self.sources = resolve_inputs(inputs)
-        self.text_key, self.errors = text_key, errors
+        self.text_key = text_key
         self.num_skipped_lines = 0
         self._needs_cleaning: set[Path] = set()
         for src in self.sources:
@@ -200,8 +200,25 @@ def _stream(path: Path, builder: str) -> Iterator[dict[str, list]]:
     # text and json read the file in `chunksize` pieces (10 MB by default), each held as a string,
     # its lines and an Arrow table at once: 1 MiB keeps that transient small
     options = {"chunksize": _READ_CHUNK_BYTES} if builder in ("text", "json") else {}
-    ds = load_dataset(builder, data_files=[str(path)], streaming=True, split="train", **options)
-    return ds.iter(batch_size=_BATCH_ROWS)
+    def unreadable(e: ValueError) -> UserError:
+        # pyarrow.ArrowInvalid is a ValueError: malformed JSON lines, not a parquet file, ...
+        return UserError(f"{path} cannot be read as {builder} ({e}); fix the file or remove it "
+                         f"from --input")
+
+    try:
+        ds = load_dataset(builder, data_files=[str(path)], streaming=True, split="train",
+                          **options)
+        batches = iter(ds.iter(batch_size=_BATCH_ROWS))
+    except ValueError as e:
+        raise unreadable(e) from None
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except ValueError as e:
+            raise unreadable(e) from None
+        yield batch
 
 
 def _text_documents(batches: Iterator[dict[str, list]]) -> Iterator[list[str]]:

@@ -10,7 +10,9 @@ Three layers, each usable alone:
                      (rng.py): a draw depends only on (seed, sample id, slot, vocab id).
   corrupt_from_logits  ELECTRA's corruption: every selected position of the ORIGINAL sequence
                      gets a sample; the RTD label is 1 where the sample differs from the original.
-  corrupt            all of the above for one MaskedBatch and any masked LM (frozen or trained).
+  corrupt            all of the above for one MaskedBatch and any masked LM (frozen or trained);
+                     with fused=True (config kernels) the fused Triton sampler replaces the
+                     logits and sampling (fused.py): same draws, no [B, K, V] tensor.
 
 `FrozenGenerator` (mode=fast-electra) loads a trained masked LM, checks that it fits the data,
 freezes it, and runs it outside the training engine. The jointly trained generator of
@@ -29,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fast_electra_ds import rng
+from fast_electra_ds import fused, rng
 from fast_electra_ds.errors import UserError
 from fast_electra_ds.masking import MaskedBatch
 
@@ -166,8 +168,7 @@ def sample_replacements(logits: torch.Tensor, *, temperature: float, seed: int,
     """
     assert temperature > 0, temperature
     b, k, v = logits.shape
-    slots = torch.arange(k, dtype=torch.int64, device=logits.device)
-    rows = (sample_ids.to(logits.device, torch.int64)[:, None] * k + slots).reshape(-1)  # [B*K]
+    rows = noise_rows(sample_ids.to(logits.device), k)  # [B*K]
     flat = logits.reshape(b * k, v)  # [N, V]
     sampled = torch.empty(b * k, dtype=torch.int64, device=logits.device)  # [N]
     entropy = torch.empty(b * k, dtype=torch.float32, device=logits.device)  # [N]
@@ -230,21 +231,61 @@ def corrupt_from_logits(logits: torch.Tensor, *, input_ids: torch.Tensor,
     return corrupted, rtd_labels, metrics
 
 
+def noise_rows(sample_ids: torch.Tensor, num_slots: int) -> torch.Tensor:
+    """[B * K] int64 RNG rows: slot k of sample s draws with row s * K + k (see
+    sample_replacements), whichever sampler runs."""
+    slots = torch.arange(num_slots, dtype=torch.int64, device=sample_ids.device)
+    return (sample_ids.to(torch.int64)[:, None] * num_slots + slots).reshape(-1)
+
+
 @torch.no_grad()  # not inference_mode: the outputs feed the discriminator's backward pass
-def corrupt(model: nn.Module, batch: MaskedBatch, *, temperature: float,
-            seed: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+def corrupt(model: nn.Module, batch: MaskedBatch, *, temperature: float, seed: int,
+            fused: bool = False) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Run a masked LM on `batch` and build the discriminator's input from its samples.
 
     Returns corrupted_ids [B, L] int64, rtd_labels [B, L] float32 and metrics (float64 scalar
     tensors, sums and counts): num_slots, mlm_correct (argmax at a used slot is the original
     token), gen_entropy_sum (at T), gen_num_replaced. `model` and `batch` on the same device.
+
+    fused: sample with the fused Triton kernel (fused.sample) instead of building [B, K, V]
+    logits; needs an architecture with a masked-only head (`mlm_head`) and parameters that are
+    not ZeRO-3 partitioned (`output_projection`), as a frozen generator's are.
     """
+    if fused:
+        return _corrupt_fused(model, batch, temperature=temperature, seed=seed)
     logits = masked_logits(model, batch.masked_ids, batch.attention_mask,
                            batch.positions)  # [B, K, V]
     corrupted, rtd_labels, metrics = corrupt_from_logits(
         logits, input_ids=batch.input_ids, positions=batch.positions, weights=batch.weights,
         sample_ids=batch.sample_ids, temperature=temperature, seed=seed)
     return corrupted, rtd_labels, {**mlm_counts(logits, batch.labels, batch.weights), **metrics}
+
+
+def _corrupt_fused(model: nn.Module, batch: MaskedBatch, *, temperature: float,
+                   seed: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """`corrupt` through the fused sampler: the same outputs from the decoder's input [B, K, E].
+
+    Every slot is sampled, used or not, as in the eager path: static shapes, no host sync to
+    pick the used ones (with packed data almost all slots are used); unused slots are dropped by
+    replace_at_positions and left out of the metrics.
+    """
+    assert temperature > 0, temperature
+    h = masked_hidden(model, batch.masked_ids, batch.attention_mask, batch.positions)  # [B, K, E]
+    b, k, e = h.shape
+    weight, bias = output_projection(model)  # [V, E], [V]
+    out = fused.sample(h.reshape(b * k, e), weight, bias, temperature=temperature, seed=seed,
+                       rows=noise_rows(batch.sample_ids.to(h.device), k))  # each [B * K]
+    sampled = out.tokens.view(b, k)
+    corrupted, rtd_labels = replace_at_positions(batch.input_ids, batch.positions, batch.weights,
+                                                 sampled)
+    used = batch.weights > 0  # [B, K]
+    metrics = {
+        "num_slots": used.sum().double(),
+        "mlm_correct": ((out.argmax.view(b, k) == batch.labels) & used).sum().double(),
+        "gen_entropy_sum": (out.entropy.view(b, k) * used).sum().double(),
+        "gen_num_replaced": rtd_labels.sum().double(),
+    }
+    return corrupted, rtd_labels, metrics
 
 
 # --------------------------------------------------------------------------------------------
@@ -272,18 +313,20 @@ class FrozenGenerator:
     optimizer or in deepspeed.initialize (which would cast it and, under ZeRO-3, shard it).
     """
 
-    def __init__(self, model: nn.Module, *, device: torch.device, source: str, runtime: str):
+    def __init__(self, model: nn.Module, *, device: torch.device, source: str, runtime: str,
+                 fused: bool = False):
         self.model = model  # the HF model, or a DeepSpeed InferenceEngine around it
         self.hf_model = unwrap(model)
         self.device = device
         self.source = source
         self.runtime = runtime  # what runs it, for logs: e.g. "torch cpu float32"
+        self.fused = fused  # sample with the fused Triton kernel (config kernels)
 
     @classmethod
     def load(cls, path_or_hub_id: str, *, vocab_size: int,
              special_ids: Mapping[str, int | None],
              device: torch.device | str = "cpu", dtype: str = "auto", kernel_inject: bool = True,
-             vocab: Mapping[str, int] | None = None,
+             vocab: Mapping[str, int] | None = None, fused: bool = False,
              logger: Callable[[str], None] = print) -> "FrozenGenerator":
         """Load, check against the data, and freeze a HF masked LM.
 
@@ -291,6 +334,8 @@ class FrozenGenerator:
         one the data lacks); each must match the folder's tokenizer when it has one.
         vocab: optionally the data's full token -> id map, compared with that tokenizer's.
         dtype: auto (fp16 on CUDA, fp32 on CPU), fp16 (CUDA only), bf16 or fp32.
+        fused: sample with the fused Triton kernel (fast_electra_ds.fused.resolve_kernels says
+        whether it runs); an architecture without a masked-only head keeps the eager sampler.
         """
         device = torch.device(device)
         on_cuda = device.type == "cuda"
@@ -323,7 +368,12 @@ class FrozenGenerator:
         logger(f"generator: {type(unwrap(model)).__name__} from {source} "
                f"({sum(p.numel() for p in unwrap(model).parameters()) / 1e6:.1f}M params, frozen), "
                f"running on {runtime}")
-        return cls(model, device=device, source=source, runtime=runtime)
+        if fused and mlm_head(model) is None:
+            # the kernel takes the decoder's input and weight, which only `mlm_head` can split
+            logger(f"generator: {type(unwrap(model)).__name__} has no masked-only head path; "
+                   f"sampling with the eager sampler, not the fused kernel")
+            fused = False
+        return cls(model, device=device, source=source, runtime=runtime, fused=fused)
 
     @property
     def vocab_size(self) -> int:
@@ -349,7 +399,7 @@ class FrozenGenerator:
                 seed: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """`corrupt` (below) with this generator, on its device."""
         return corrupt(self.model, batch.to(self.device, non_blocking=True),
-                       temperature=temperature, seed=seed)
+                       temperature=temperature, seed=seed, fused=self.fused)
 
 
 def _resolve_source(path_or_hub_id: str) -> str:

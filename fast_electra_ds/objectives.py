@@ -22,6 +22,10 @@ holding sums and counts, never means, so that micro-batches and ranks combine by
 
 Temperature and seed are plain python numbers given per call, not module state, so a checkpoint
 holds weights only and the schedule stays in train.py.
+
+fused=True (config kernels, resolved by fused.resolve_kernels) computes the training loss of the
+discriminator with the fused RTD kernel (fused.rtd_loss) instead of `rtd_loss` on its logits;
+`rtd_outputs`, used for evaluation, keeps the reference: its callers want the logits (AUC).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fast_electra_ds import fused as fused_kernels
 from fast_electra_ds import generator as gen
 from fast_electra_ds.models import tie_embeddings
 
@@ -111,19 +116,49 @@ def _rtd_outputs(discriminator: nn.Module, corrupted_ids: torch.Tensor,
     return {"loss": loss, "logits": logits, **counts}
 
 
-class FastElectraObjective(nn.Module):
-    """mode=fast-electra: the discriminator alone; the engine wraps this module."""
+def _rtd_loss_fused(discriminator: nn.Module, corrupted_ids: torch.Tensor,
+                    attention_mask: torch.Tensor, rtd_labels: torch.Tensor) -> dict:
+    """`_rtd_outputs` without the logits, through the fused RTD kernel.
 
-    def __init__(self, discriminator: nn.Module):
+    The discriminator (an ElectraForPreTraining) runs up to the input of its final H -> 1
+    projection: encoder, then the prediction head's dense layer and activation. The kernel does
+    the projection, the masked BCE, the counts and their gradients in one read of that input.
+    Under ZeRO-3 the projection's parameters, read here outside their module's forward, are
+    gathered by DeepSpeed on access (it registers them as external parameters of the running
+    module).
+    """
+    hidden = discriminator.electra(input_ids=corrupted_ids, attention_mask=attention_mask,
+                                   return_dict=True).last_hidden_state  # [B, L, H]
+    head = discriminator.discriminator_predictions
+    x = head.activation(head.dense(hidden))  # [B, L, H]
+    loss, counts = fused_kernels.rtd_loss(x, head.dense_prediction.weight[0],
+                                          head.dense_prediction.bias, rtd_labels, attention_mask)
+    metrics = {f"rtd_{name}": count.double() for name, count in counts.items()}
+    # the kernel returns the mean over real tokens; the metric is the sum (see the module doc)
+    num_real = metrics["rtd_replaced_total"] + metrics["rtd_original_total"]
+    return {"loss": loss, "rtd_loss_sum": loss.detach().double() * num_real, **metrics}
+
+
+class FastElectraObjective(nn.Module):
+    """mode=fast-electra: the discriminator alone; the engine wraps this module.
+
+    fused: the training loss through the fused RTD kernel (see the module doc).
+    """
+
+    def __init__(self, discriminator: nn.Module, fused: bool = False):
         super().__init__()
         self.discriminator = discriminator
+        self.fused = fused
 
     def forward(self, corrupted_ids: torch.Tensor, attention_mask: torch.Tensor,
                 rtd_labels: torch.Tensor) -> dict:
         """corrupted_ids [B, L], attention_mask [B, L], rtd_labels [B, L] from
         FrozenGenerator.corrupt."""
-        out = self.rtd_outputs(corrupted_ids, attention_mask, rtd_labels)
-        del out["logits"]  # not a summable metric; the engine's output stays small
+        if self.fused:
+            out = _rtd_loss_fused(self.discriminator, corrupted_ids, attention_mask, rtd_labels)
+        else:
+            out = self.rtd_outputs(corrupted_ids, attention_mask, rtd_labels)
+            del out["logits"]  # not a summable metric; the engine's output stays small
         return {**out, **_loss_metrics(out["loss"])}
 
     def rtd_outputs(self, corrupted_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -138,14 +173,20 @@ class ElectraObjective(nn.Module):
     The generator's embeddings become the discriminator's at construction (`tie_embeddings`).
     Sampling is outside the graph: the discriminator's loss sends no gradient to the generator
     except through the shared embeddings.
+
+    fused: the discriminator's loss through the fused RTD kernel (see the module doc). Sampling
+    stays eager here: the MLM loss needs the generator's [B, K, V] logits anyway, so the fused
+    sampler's saving (never building them) does not apply.
     """
 
-    def __init__(self, generator: nn.Module, discriminator: nn.Module, rtd_weight: float = 50.0):
+    def __init__(self, generator: nn.Module, discriminator: nn.Module, rtd_weight: float = 50.0,
+                 fused: bool = False):
         super().__init__()
         tie_embeddings(generator, discriminator)
         self.generator = generator
         self.discriminator = discriminator
         self.rtd_weight = rtd_weight
+        self.fused = fused
 
     def forward(self, input_ids: torch.Tensor, masked_ids: torch.Tensor,
                 attention_mask: torch.Tensor, positions: torch.Tensor, labels: torch.Tensor,
@@ -158,8 +199,12 @@ class ElectraObjective(nn.Module):
         corrupted_ids, rtd_labels, gen_metrics = gen.corrupt_from_logits(
             gen_logits.detach(), input_ids=input_ids, positions=positions, weights=weights,
             sample_ids=sample_ids, temperature=temperature, seed=seed)  # [B, L], [B, L]
-        rtd_metrics = self.rtd_outputs(corrupted_ids, attention_mask, rtd_labels)
-        del rtd_metrics["logits"]
+        if self.fused:
+            rtd_metrics = _rtd_loss_fused(self.discriminator, corrupted_ids, attention_mask,
+                                          rtd_labels)
+        else:
+            rtd_metrics = self.rtd_outputs(corrupted_ids, attention_mask, rtd_labels)
+            del rtd_metrics["logits"]
         loss = mlm + self.rtd_weight * rtd_metrics.pop("loss")
         return {"loss": loss, **_loss_metrics(loss), **mlm_metrics, **gen_metrics, **rtd_metrics}
 

@@ -32,6 +32,7 @@ from fast_electra_ds.data.loader import DataInfo, build_loader, open_datasets
 from fast_electra_ds.ds_config import (load_ds_config, precision, resolve_ds_config,
                                        write_resolved, zero_stage)
 from fast_electra_ds.engine import DistEnv, build_engine, init_distributed
+from fast_electra_ds.fused import resolve_kernels
 from fast_electra_ds.generator import FrozenGenerator, corrupt
 from fast_electra_ds.logger import MetricsLogger
 from fast_electra_ds.masking import MaskedBatch, Masker
@@ -66,20 +67,22 @@ def pretrain(cfg: RunConfig) -> PretrainResult:
     # ---- models: what the engine trains, and (fast-electra) the frozen generator beside it ----
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     frozen: FrozenGenerator | None = None
+    # the fused sampler / RTD loss (config kernels); mode=mlm has neither
+    fused = cfg.mode != "mlm" and resolve_kernels(cfg.kernels, env.device, log=_rank0_print(env))
     if cfg.mode == "fast-electra":
         frozen = FrozenGenerator.load(str(resolve_path(cfg.generator.path)), vocab_size=vocab_size,
                                       special_ids=special, device=env.device,
                                       dtype=cfg.generator.inference_dtype,
-                                      kernel_inject=cfg.generator.kernel_inject,
+                                      kernel_inject=cfg.generator.kernel_inject, fused=fused,
                                       logger=_rank0_print(env))
         frozen.check_seq_len(cfg.data.seq_len)
         module = FastElectraObjective(build_discriminator(cfg.model, vocab_size=vocab_size,
-                                                          pad_id=special["pad"]))
+                                                          pad_id=special["pad"]), fused=fused)
     elif cfg.mode == "electra":
         disc = build_discriminator(cfg.model, vocab_size=vocab_size, pad_id=special["pad"])
         gen = _build_generator(cfg, vocab_size, special["pad"])
         tie_embeddings(gen, disc)
-        module = ElectraObjective(gen, disc, rtd_weight=cfg.train.rtd_weight)
+        module = ElectraObjective(gen, disc, rtd_weight=cfg.train.rtd_weight, fused=fused)
     else:
         module = MLMObjective(_build_generator(cfg, vocab_size, special["pad"]))
 

@@ -15,9 +15,9 @@ Shapes (one launch):
 Grid (cdiv(M, BLOCK_M), S): a program streams its row block over its share of the vocabulary in
 BLOCK_V tiles; each tile's logits are a [BLOCK_M, BLOCK_V] fp32 accumulator built in BLOCK_K
 steps over H. [M, V] never exists in memory: per row it keeps an online logsumexp (running max,
-running sum of exp, running sum of exp * z), an online Gumbel-max (running best z + g) and an online argmax of the
-logits (running largest logit, for the generator's accuracy). With
-S > 1 the splits' partials are merged by `merge_partials` (a few [S, M] torch ops).
+running sum of exp, running sum of exp * z), an online Gumbel-max (running best z + g) and an
+online argmax of the logits (running largest logit, for the generator's accuracy). With S > 1
+the splits' partials are merged by `merge_partials` (a few [S, M] torch ops).
 
 The Gumbel noise re-implements fast_electra_ds/rng.py on uint32: products wrap modulo 2**32,
 which is the reference's `& M32`, and `>>` on uint32 is a logical shift, as on the reference's

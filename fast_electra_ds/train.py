@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import resource
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from fast_electra_ds.data.loader import DataInfo, build_loader, open_datasets
 from fast_electra_ds.ds_config import (load_ds_config, precision, resolve_ds_config,
                                        write_resolved, zero_stage)
 from fast_electra_ds.engine import DistEnv, build_engine, init_distributed
+from fast_electra_ds.errors import UserError
 from fast_electra_ds.fused import resolve_kernels
 from fast_electra_ds.generator import FrozenGenerator, corrupt
 from fast_electra_ds.logger import MetricsLogger
@@ -51,12 +53,14 @@ class PretrainResult:
     state: checkpoint.TrainState
     engine: Any  # the DeepSpeed engine (engine.module is the trained objective module)
     frozen_generator: FrozenGenerator | None  # mode=fast-electra only
+    stopped_early: bool = False  # a signal or the time limit ended the run before train.steps
 
 
 def pretrain(cfg: RunConfig) -> PretrainResult:
     """Run (or resume) the pretraining described by `cfg`."""
-    env = init_distributed(cfg)
+    env = init_distributed(cfg, timeout_minutes=cfg.train.dist_timeout_minutes)
     run_dir = Path(cfg.run_dir)
+    log = _rank0_print(env)
 
     # ---- data: token ids written by prepare-data; every check before any compute --------------
     _, data_info = open_datasets(cfg.data.paths, "train", seq_len=cfg.data.seq_len)
@@ -74,7 +78,7 @@ def pretrain(cfg: RunConfig) -> PretrainResult:
                                       special_ids=special, device=env.device,
                                       dtype=cfg.generator.inference_dtype,
                                       kernel_inject=cfg.generator.kernel_inject, fused=fused,
-                                      logger=_rank0_print(env))
+                                      logger=log)
         frozen.check_seq_len(cfg.data.seq_len)
         module = FastElectraObjective(build_discriminator(cfg.model, vocab_size=vocab_size,
                                                           pad_id=special["pad"]), fused=fused)
@@ -86,8 +90,12 @@ def pretrain(cfg: RunConfig) -> PretrainResult:
     else:
         module = MLMObjective(_build_generator(cfg, vocab_size, special["pad"]))
 
+    # ---- what to resume from: decided and validated before the engine exists -----------------
+    plan = checkpoint.plan_resume(cfg, world_size=env.world_size, vocab_size=vocab_size, log=log)
+    if plan is not None and plan.universal:
+        ds["checkpoint"] = {**ds.get("checkpoint", {}), "load_universal": True}
     engine, optimizer_name = build_engine(module, cfg, ds, env)
-    state = checkpoint.resume(engine, cfg, log=_rank0_print(env))
+    state = checkpoint.resume(engine, plan, log=log)
     if state.step == 0:
         torch.manual_seed(cfg.seed + 1 + env.rank)  # dropout differs across ranks
     if env.is_main:
@@ -116,29 +124,43 @@ def pretrain(cfg: RunConfig) -> PretrainResult:
     # ---- the loop -----------------------------------------------------------------------------
     eval_metrics: dict[str, float] = {}
     accumulation = engine.gradient_accumulation_steps()
+    guard = FaultGuard(cfg, env, engine.basic_optimizer)
     window: list[dict[str, torch.Tensor]] = []
     window_start = time.perf_counter()
     window_steps = 0
+    grad_norm = math.nan
     while state.step < cfg.train.steps:
         temp = (cfg.temperature.joint_t if cfg.mode == "electra"
                 else temperature(cfg.temperature, state.step, cfg.train.steps))
         lr = engine.get_lr()[0]
         last = state.step + 1 == cfg.train.steps
         log_now = (state.step + 1) % cfg.logging.log_every == 0 or last
+        step_outputs = []
         for micro_step in range(accumulation):
             batch = next(train_batches).to(env.device, non_blocking=True)
             out = _forward(engine, cfg, frozen, batch, temp)
+            guard.observe(out["loss"])
             engine.backward(out["loss"])
-            if log_now and micro_step == accumulation - 1:
-                grad_norm = _grad_norm_before_step(engine)
+            if micro_step == accumulation - 1:
+                # all ranks agree, before the update, whether to apply it and whether to stop
+                guard.decide()
+                if log_now and not guard.skip:
+                    grad_norm = _grad_norm_before_step(engine)
             engine.step()  # DeepSpeed steps the optimizer at the accumulation boundary only
-            window.append({k: v.detach() for k, v in out.items()})
+            step_outputs.append({k: v.detach() for k, v in out.items()})
         state.step += 1
         state.consumed_samples += cfg.train.global_batch_size
-        window_steps += 1
         logger.advance()
+        if guard.skip:
+            logger.info(f"step {state.step}: loss not finite on some rank; every rank skipped "
+                        f"the update ({guard.consecutive_skips} in a row, "
+                        f"{guard.total_skips} in all)")
+            guard.raise_if_diverged(state.step)
+        else:
+            window.extend(step_outputs)
+            window_steps += 1
 
-        if log_now:
+        if log_now and window_steps:
             metrics = reduce_metrics(window)
             seconds = (time.perf_counter() - window_start) / window_steps
             metrics.update(
@@ -146,21 +168,97 @@ def pretrain(cfg: RunConfig) -> PretrainResult:
                 grad_norm=grad_norm if not math.isnan(grad_norm) else _grad_norm(engine),
                 step_time_s=seconds,
                 tokens_per_s=cfg.train.global_batch_size * cfg.data.seq_len / seconds,
-                peak_mem_gb=_peak_memory_gb(env), trainable_params=trainable_params)
+                peak_mem_gb=_peak_memory_gb(env), trainable_params=trainable_params,
+                skipped_steps=guard.total_skips)
             logger.log(state.step, metrics)
             window, window_start, window_steps = [], time.perf_counter(), 0
         if cfg.train.eval_every and (state.step % cfg.train.eval_every == 0 or last):
             eval_metrics = evaluate(engine, cfg, env, frozen, masker)
             logger.log(state.step, eval_metrics, prefix="eval")
-        if last or (cfg.checkpoint.save_every and state.step % cfg.checkpoint.save_every == 0):
-            path = checkpoint.save(engine, cfg, state, zero_stage=zero_stage(ds))
+        if (last or guard.stop or
+                (cfg.checkpoint.save_every and state.step % cfg.checkpoint.save_every == 0)):
+            path = checkpoint.save(engine, cfg, state, zero_stage=zero_stage(ds),
+                                   extra_marker={"vocab_size": vocab_size})
             logger.info(f"checkpoint committed: {path}")
+        if guard.stop and not last:
+            logger.info(f"stopping at step {state.step} ({guard.stop_reason}); resume with "
+                        f"checkpoint.resume=auto")
+            break
+    guard.close()
 
     if cfg.mode == "mlm":
         _export_generator(engine, cfg, env, data_info)
         logger.info(f"generator saved to {run_dir / 'generator'} (use it as generator.path)")
     logger.close()
-    return PretrainResult(eval_metrics, state, engine, frozen)
+    return PretrainResult(eval_metrics, state, engine, frozen, stopped_early=guard.stop and
+                          state.step < cfg.train.steps)
+
+
+class FaultGuard:
+    """Per-step decisions that every rank must take together, in one all-reduce per step:
+
+      skip  the loss was not finite on some rank in some micro-batch: no rank applies the
+            update (the optimizer's step is a no-op, DeepSpeed's bookkeeping runs as usual),
+            so the weights stay finite; max_consecutive_skips in a row end the run.
+      stop  SIGTERM / SIGUSR1 arrived on some rank, or train.time_limit_minutes passed: the
+            loop saves a committed checkpoint and returns.
+    """
+
+    def __init__(self, cfg: RunConfig, env: DistEnv, optimizer):
+        self.cfg, self.optimizer = cfg, optimizer
+        self.comm_device = env.device if env.device.type == "cuda" else torch.device("cpu")
+        self.nonfinite = torch.zeros((), device=env.device)
+        self.skip = self.stop = False
+        self.stop_reason = ""
+        self.consecutive_skips = self.total_skips = 0
+        self._signal: str | None = None
+        self._deadline = (time.monotonic() + 60 * cfg.train.time_limit_minutes
+                          if cfg.train.time_limit_minutes else math.inf)
+        self._previous = {}
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            try:
+                self._previous[sig] = signal.signal(sig, self._on_signal)
+            except ValueError:  # not the main thread (e.g. called from a notebook worker)
+                pass
+
+    def _on_signal(self, signum, frame) -> None:
+        self._signal = signal.Signals(signum).name
+
+    def observe(self, loss: torch.Tensor) -> None:
+        """Note a micro-batch's loss; stays on the device (no host sync here)."""
+        self.nonfinite = torch.maximum(self.nonfinite, (~torch.isfinite(loss.detach())).float())
+
+    def decide(self) -> None:
+        flags = torch.stack([self.nonfinite.to(self.comm_device),
+                             torch.tensor(float(self._signal is not None
+                                                or time.monotonic() > self._deadline),
+                                          device=self.comm_device)])
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        self.skip, stop = bool(flags[0] > 0), bool(flags[1] > 0)
+        if stop and not self.stop:
+            self.stop_reason = (f"{self._signal} received" if self._signal
+                                else "train.time_limit_minutes reached" if
+                                time.monotonic() > self._deadline else "another rank stopped")
+        self.stop = self.stop or stop
+        self.optimizer.skip_next_step = self.skip
+        self.nonfinite.zero_()
+        if self.skip:
+            self.consecutive_skips += 1
+            self.total_skips += 1
+        else:
+            self.consecutive_skips = 0
+
+    def raise_if_diverged(self, step: int) -> None:
+        if self.consecutive_skips >= self.cfg.train.max_consecutive_skips:
+            raise UserError(
+                f"the loss was not finite for {self.consecutive_skips} steps in a row (up to "
+                f"step {step}); stopping. No update was applied in those steps, so the last "
+                f"committed checkpoint holds finite weights. Lower optim.lr, raise "
+                f"optim.warmup_steps, or check the data; then resume.")
+
+    def close(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def _build_generator(cfg: RunConfig, vocab_size: int, pad_id: int):

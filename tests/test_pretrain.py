@@ -38,18 +38,6 @@ def _records(run_dir: Path, split: str = "train") -> list[dict]:
     return [r for r in map(json.loads, lines) if r["split"] == split]
 
 
-@pytest.fixture(scope="session")
-def tiny_generator(tmp_path_factory, tiny_dataset) -> Path:
-    """A generator trained by mode=mlm for 60 steps: RUN_DIR/generator."""
-    run_dir = tmp_path_factory.mktemp("mlm") / "run"
-    cfg = _cfg(run_dir, tiny_dataset, "mode=mlm", "train.steps=60", "train.eval_every=60",
-               "optim.warmup_steps=5")
-    result = train.pretrain(cfg)
-    assert (run_dir / "generator" / "model.safetensors").is_file()
-    assert result.eval_metrics["mlm_accuracy"] > 0.0
-    return run_dir / "generator"
-
-
 def test_mlm_generator_loss_falls_and_exports_a_masked_lm(tiny_generator):
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 

@@ -5,6 +5,7 @@
     config           show a resolved run config, or list every key
     pretrain         the training run (fast-electra, electra or mlm), also under `deepspeed`
     compare          finished runs side by side (step time, memory, held-out metrics)
+    export           a run's newest committed checkpoint -> Hugging Face model folders
 
 Heavy imports (torch, deepspeed, transformers) happen inside the handlers, so `--help` is quick.
 A `UserError` is printed as `error: ...` and exits with status 2, without a traceback.
@@ -71,6 +72,15 @@ def _compare(args: argparse.Namespace) -> None:
     from fast_electra_ds.compare import compare
 
     print(compare(args.runs))
+
+
+def _export(args: argparse.Namespace) -> None:
+    from fast_electra_ds.export import export
+
+    info = export(args.run, args.output, overwrite=args.overwrite)
+    print(f"exported {info['tag']} (step {info['step']}, mode={info['mode']}, "
+          f"ZeRO-{info['zero_stage']}, {info['world_size']} rank(s)) of {args.run}: "
+          + ", ".join(f"{args.output}/{f}" for f in info["folders"]))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,6 +155,17 @@ def build_parser() -> argparse.ArgumentParser:
                                    "discriminator metrics of runs, from their metrics.jsonl.")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.set_defaults(func=_compare)
+
+    p = sub.add_parser("export", help="a run's newest committed checkpoint -> HF model folders",
+                       description="Consolidate the newest committed checkpoint of a run (any "
+                                   "ZeRO stage, any number of ranks; on CPU) and write "
+                                   "OUTPUT/discriminator (ElectraForPreTraining) and, for "
+                                   "mode=electra/mlm, OUTPUT/generator (ElectraForMaskedLM), "
+                                   "each with the data's tokenizer.")
+    p.add_argument("--run", required=True, metavar="RUN_DIR", help="a pretraining run_dir")
+    p.add_argument("--output", required=True, metavar="DIR")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export")
+    p.set_defaults(func=_export)
     return parser
 
 

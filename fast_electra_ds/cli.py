@@ -6,6 +6,7 @@
     pretrain         the training run (fast-electra, electra or mlm), also under `deepspeed`
     compare          finished runs side by side (step time, memory, held-out metrics)
     export           a run's newest committed checkpoint -> Hugging Face model folders
+    finetune         GLUE fine-tuning of a HF model folder (ELECTRA recipe, median of seeds)
 
 Heavy imports (torch, deepspeed, transformers) happen inside the handlers, so `--help` is quick.
 A `UserError` is printed as `error: ...` and exits with status 2, without a traceback.
@@ -81,6 +82,24 @@ def _export(args: argparse.Namespace) -> None:
     print(f"exported {info['tag']} (step {info['step']}, mode={info['mode']}, "
           f"ZeRO-{info['zero_stage']}, {info['world_size']} rank(s)) of {args.run}: "
           + ", ".join(f"{args.output}/{f}" for f in info["folders"]))
+
+
+def _seed_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+
+
+def _finetune(args: argparse.Namespace) -> None:
+    from fast_electra_ds.finetune import FinetuneConfig, finetune
+
+    finetune(FinetuneConfig(model=args.model, task=args.task, data_dir=args.data_dir,
+                            seeds=args.seeds, epochs=args.epochs, lr=args.lr,
+                            batch_size=args.batch_size, max_seq_len=args.max_seq_len,
+                            layer_decay=args.layer_decay, weight_decay=args.weight_decay,
+                            output=args.output, device=args.device),
+             overwrite=args.overwrite)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,6 +185,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, metavar="DIR")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export")
     p.set_defaults(func=_export)
+
+    from fast_electra_ds.glue import TASKS
+
+    p = sub.add_parser("finetune", help="GLUE fine-tuning (ELECTRA recipe, several seeds)",
+                       description="Fine-tune a HF model folder on a GLUE task from its local "
+                                   "TSV files with AdamW, layer-wise LR decay and linear "
+                                   "warmup/decay, once per seed; writes results.json with each "
+                                   "seed's dev metrics and their median.")
+    p.add_argument("--model", required=True, metavar="DIR",
+                   help="HF model folder with its tokenizer (e.g. EXPORT/discriminator)")
+    p.add_argument("--task", required=True, metavar="TASK",
+                   help=f"one of {', '.join(TASKS)}")
+    p.add_argument("--data-dir", required=True, metavar="DIR",
+                   help="the task's GLUE folder (train.tsv, dev.tsv or dev_matched.tsv)")
+    p.add_argument("--seeds", type=_seed_list, default=(1, 2, 3), metavar="1,2,3",
+                   help="one run per seed; the median is reported (default 1,2,3)")
+    p.add_argument("--epochs", type=float, default=None, metavar="N",
+                   help="default: 10 for rte and stsb, 3 for the others (ELECTRA)")
+    p.add_argument("--lr", type=float, default=1e-4, metavar="X",
+                   help="peak learning rate (default 1e-4, ELECTRA-Base; Small 3e-4, Large 5e-5)")
+    p.add_argument("--batch-size", type=int, default=32, metavar="N")
+    p.add_argument("--max-seq-len", type=int, default=128, metavar="N")
+    p.add_argument("--layer-decay", type=float, default=0.8, metavar="X",
+                   help="layer-wise LR decay (default 0.8; ELECTRA-Large 0.9)")
+    p.add_argument("--weight-decay", type=float, default=0.01, metavar="X")
+    p.add_argument("--output", default=None, metavar="DIR",
+                   help="where results.json goes (default MODEL/../glue/TASK)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing results.json")
+    p.set_defaults(func=_finetune)
     return parser
 
 

@@ -1,0 +1,219 @@
+"""The launch scripts: bash and Python at once, started both ways on 2 CPU ranks, and exported.
+
+`deepspeed --num_gpus 2 launch_scripts/pretrain_tiny.sh` (the launcher runs the file with Python
+on every rank) trains a ZeRO-2 fast-electra run; `bash launch_scripts/pretrain_tiny.sh` (the file
+starts the launcher itself, here from a hostfile with one launcher per node, as the SLURM example
+does) trains a ZeRO-3 electra run. Both runs are then exported and checked against the weights
+that DeepSpeed's own zero_to_fp32.py script (saved next to every checkpoint) writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from fast_electra_ds import launch
+from fast_electra_ds.cli import main
+from fast_electra_ds.errors import UserError
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPTS = REPO / "launch_scripts"
+POLYGLOTS = sorted(p for p in SCRIPTS.glob("*.sh") if p.name != "demo.sh")
+BIN = Path(sys.executable).parent
+# a few steps of the tiny recipe, 8 sequences per rank
+STEPS = ["train.steps=3", "train.global_batch_size=16", "train.micro_batch_size=8",
+         "train.eval_every=0", "logging.log_every=1", "device=cpu"]
+
+
+def test_every_launch_script_is_valid_bash_and_valid_python(tmp_path):
+    assert {p.name for p in POLYGLOTS} >= {"pretrain_small.sh", "pretrain_base.sh",
+                                           "pretrain_large.sh", "pretrain_tiny.sh",
+                                           "train_generator.sh"}
+    for script in [*POLYGLOTS, SCRIPTS / "slurm_pretrain.sbatch"]:
+        check = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        assert check.returncode == 0, (script.name, check.stderr)
+    env = {**os.environ, "PYTHONPYCACHEPREFIX": str(tmp_path)}  # no __pycache__ in the repo
+    for script in POLYGLOTS:
+        check = subprocess.run([sys.executable, "-m", "py_compile", str(script)], env=env,
+                               capture_output=True, text=True)
+        assert check.returncode == 0, (script.name, check.stderr)
+        assert os.access(script, os.X_OK), f"{script.name} is not executable"
+
+
+def test_rank_command_line_from_script_environment_and_arguments():
+    env = {"DATA": "d1,d2", "RUN_DIR": "runs/x", "GENERATOR": "g", "DS_CONFIG": "ds.json"}
+    argv = launch.rank_argv("large", ["mode=fast-electra"],
+                            ["--local_rank=3", "optim.lr=1e-4"], env)
+    assert argv == ["--local_rank=3", "pretrain", "--config", "large", "mode=fast-electra",
+                    "data.paths=d1,d2", "generator.path=g", "run_dir=runs/x",
+                    "ds_config=ds.json", "optim.lr=1e-4"]
+    # the recipe: the script's, then RECIPE, then --recipe=; settings may name it
+    assert launch.rank_argv("small", ["run_dir=runs/{recipe}-mlm"], [], {}) == \
+        ["pretrain", "--config", "small", "run_dir=runs/small-mlm"]
+    assert launch.rank_argv("small", ["run_dir=runs/{recipe}-mlm"], [],
+                            {"RECIPE": "base"})[2:] == ["base", "run_dir=runs/base-mlm"]
+    assert launch.rank_argv("small", [], ["--recipe=large"], {"RECIPE": "base"}) == \
+        ["pretrain", "--config", "large"]
+
+
+def test_launcher_command_from_environment(tmp_path):
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("node-1 slots=8\nnode-2 slots=8\n")
+    cmd = launch.launcher_command(
+        "launch_scripts/pretrain_large.sh", ["optim.lr=1e-4"],
+        {"HOSTFILE": str(hostfile), "GPUS_PER_NODE": "8", "MASTER_ADDR": "node-1",
+         "NODE_RANK": "1", "DATA": "data/owt", "RECIPE": "base"})
+    assert cmd[:4] == [sys.executable, "-u", "-m", "deepspeed.launcher.runner"]
+    assert cmd[4:] == [f"--hostfile={hostfile}", "--master_addr=node-1", "--num_gpus=8",
+                       "--no_ssh", "--node_rank=1", "launch_scripts/pretrain_large.sh",
+                       "--recipe=base", "data.paths=data/owt", "optim.lr=1e-4"]
+    assert launch.launcher_command("s.sh", [], {"NUM_GPUS": "2"})[4:] == ["--num_gpus=2", "s.sh"]
+
+    for env, needle in [
+        ({"HOSTFILE": str(tmp_path / "nowhere")}, "does not exist"),
+        ({"GPUS_PER_NODE": "eight"}, "GPUS_PER_NODE='eight': expected a whole number"),
+        ({"GPUS_PER_NODE": "0"}, ">= 1"),
+        ({"GPUS_PER_NODE": "4", "NUM_GPUS": "8"}, "disagree"),
+        ({"NODE_RANK": "0"}, "needs HOSTFILE"),
+    ]:
+        with pytest.raises(UserError, match=needle):
+            launch.launcher_command("s.sh", [], env)
+
+
+def test_bash_form_reports_a_bad_variable_without_starting_anything(tmp_path):
+    env = {**os.environ, "PYTHON": sys.executable, "HOSTFILE": str(tmp_path / "nowhere")}
+    run = subprocess.run(["bash", str(SCRIPTS / "pretrain_tiny.sh")], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "HOSTFILE=" in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# Real runs: 2 CPU ranks over gloo
+
+
+def _free_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def _run(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHON": sys.executable,
+                "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **env}
+    result = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=600,
+                            cwd=REPO)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def deepspeed_zero2_run(tmp_path_factory, tiny_dataset, tiny_generator):
+    """`deepspeed --num_gpus 2 launch_scripts/pretrain_tiny.sh`, fast-electra, ZeRO-2."""
+    run_dir = tmp_path_factory.mktemp("launch") / "zero2"
+    result = _run([str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", _free_port(),
+                   "launch_scripts/pretrain_tiny.sh", *STEPS],
+                  {"DATA": str(tiny_dataset), "GENERATOR": str(tiny_generator),
+                   "RUN_DIR": str(run_dir), "DS_CONFIG": "ds_configs/cpu_zero2_fp32.json"})
+    return run_dir, result.stdout
+
+
+@pytest.fixture(scope="module")
+def bash_zero3_electra_run(tmp_path_factory, tiny_dataset):
+    """`bash launch_scripts/pretrain_tiny.sh mode=electra`, ZeRO-3: the script starts the
+    launcher itself, from a hostfile, as one node of a no-ssh multi-node job (NODE_RANK)."""
+    tmp = tmp_path_factory.mktemp("launch")
+    hostfile = tmp / "hostfile"
+    hostfile.write_text("localhost slots=2\n")
+    run_dir = tmp / "zero3"
+    result = _run(["bash", "launch_scripts/pretrain_tiny.sh", "mode=electra", *STEPS],
+                  {"DATA": str(tiny_dataset), "RUN_DIR": str(run_dir),
+                   "DS_CONFIG": "ds_configs/cpu_zero3_fp32.json", "HOSTFILE": str(hostfile),
+                   "NODE_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": _free_port()})
+    return run_dir, result.stdout + result.stderr
+
+
+def _check_run(run_dir: Path, log: str, *, zero: int, mode: str, data: Path) -> None:
+    assert "ranks=2" in log and f"zero={zero}" in log and f"mode={mode}" in log, log[-3000:]
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert cfg["data"]["paths"] == [str(data)] and cfg["train"]["steps"] == 3
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text()
+             .splitlines() if json.loads(line)["split"] == "train"]
+    assert steps == [1, 2, 3]
+    assert (run_dir / "checkpoints" / "step000000003" / "COMMITTED.json").is_file()
+
+
+def test_deepspeed_launcher_runs_the_script_on_every_rank(deepspeed_zero2_run, tiny_dataset):
+    run_dir, log = deepspeed_zero2_run
+    _check_run(run_dir, log, zero=2, mode="fast-electra", data=tiny_dataset)
+
+
+def test_bash_form_starts_the_launcher_itself(bash_zero3_electra_run, tiny_dataset):
+    run_dir, log = bash_zero3_electra_run
+    assert "deepspeed.launcher.runner --hostfile=" in log and "--no_ssh --node_rank=0" in log
+    _check_run(run_dir, log, zero=3, mode="electra", data=tiny_dataset)
+
+
+def _zero_to_fp32_script(run_dir: Path, tmp_path: Path) -> dict[str, torch.Tensor]:
+    """The consolidated weights as DeepSpeed's offline script (saved with the checkpoint)
+    writes them."""
+    out = tmp_path / "fp32"
+    ckpt = run_dir / "checkpoints"
+    subprocess.run([sys.executable, str(ckpt / "zero_to_fp32.py"), str(ckpt), str(out),
+                    "--tag", "step000000003"], check=True, capture_output=True,
+                   env={**os.environ, "DS_ACCELERATOR": "cpu"})
+    return torch.load(out / "pytorch_model.bin", map_location="cpu", weights_only=True)
+
+
+def _assert_same(hf_state: dict[str, torch.Tensor], reference: dict[str, torch.Tensor],
+                 prefix: str) -> None:
+    shared = [k for k in hf_state if prefix + k in reference]
+    assert len(shared) >= len(hf_state) - 1, (prefix, set(hf_state) - set(shared))
+    for k in shared:
+        assert torch.equal(hf_state[k], reference[prefix + k]), k
+
+
+def test_export_of_two_rank_zero2_run(deepspeed_zero2_run, tmp_path):
+    from transformers import AutoModelForSequenceClassification, ElectraForPreTraining
+
+    run_dir, _ = deepspeed_zero2_run
+    out = tmp_path / "export"
+    assert main(["export", "--run", str(run_dir), "--output", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["discriminator", "export.json"]
+    reference = _zero_to_fp32_script(run_dir, tmp_path)
+    disc = ElectraForPreTraining.from_pretrained(out / "discriminator")
+    _assert_same(disc.state_dict(), reference, "discriminator.")
+    clf = AutoModelForSequenceClassification.from_pretrained(out / "discriminator", num_labels=2)
+    _assert_same({k: v for k, v in clf.state_dict().items() if k.startswith("electra.")},
+                 reference, "discriminator.")
+
+
+def test_export_of_two_rank_zero3_electra_run_gives_both_models(bash_zero3_electra_run,
+                                                                tmp_path):
+    from transformers import (AutoModelForMaskedLM, AutoModelForSequenceClassification,
+                              AutoTokenizer)
+
+    run_dir, _ = bash_zero3_electra_run
+    out = tmp_path / "export"
+    assert main(["export", "--run", str(run_dir), "--output", str(out)]) == 0
+    info = json.loads((out / "export.json").read_text())
+    assert info["zero_stage"] == 3 and info["world_size"] == 2 and info["mode"] == "electra"
+    reference = _zero_to_fp32_script(run_dir, tmp_path)
+    gen = AutoModelForMaskedLM.from_pretrained(out / "generator")
+    _assert_same(gen.state_dict(), reference, "generator.")
+    clf = AutoModelForSequenceClassification.from_pretrained(out / "discriminator", num_labels=3)
+    _assert_same({k: v for k, v in clf.state_dict().items() if k.startswith("electra.")},
+                 reference, "discriminator.")
+    # the shared embeddings come out equal in both models
+    assert torch.equal(gen.electra.embeddings.word_embeddings.weight,
+                       clf.electra.embeddings.word_embeddings.weight)
+    tok = AutoTokenizer.from_pretrained(out / "discriminator")
+    assert len(tok) == clf.config.vocab_size and tok.mask_token == "[MASK]"

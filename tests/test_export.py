@@ -36,23 +36,6 @@ def _module_state(engine) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-@pytest.fixture(scope="module")
-def random_generator(tmp_path_factory, tiny_dataset) -> Path:
-    from transformers import AutoTokenizer, ElectraConfig, ElectraForMaskedLM
-
-    from fast_electra_ds.data.loader import open_datasets
-
-    info = open_datasets([str(tiny_dataset)], "train")[1]
-    path = tmp_path_factory.mktemp("gen") / "generator"
-    torch.manual_seed(0)
-    ElectraForMaskedLM(ElectraConfig(
-        vocab_size=info.vocab_size, embedding_size=16, hidden_size=16, num_hidden_layers=1,
-        num_attention_heads=1, intermediate_size=32, max_position_embeddings=128,
-        pad_token_id=info.special_token_ids["pad"])).save_pretrained(path)
-    AutoTokenizer.from_pretrained(info.tokenizer).save_pretrained(path)
-    return path
-
-
 @pytest.mark.parametrize("mode, ds_config, folders", [
     ("fast-electra", "cpu_fp32", ["discriminator"]),  # ZeRO-0: the module file itself
     ("fast-electra", "cpu_zero3_fp32", ["discriminator"]),
@@ -61,13 +44,13 @@ def random_generator(tmp_path_factory, tiny_dataset) -> Path:
     ("mlm", "cpu_zero2_fp32", ["generator"]),
     ("mlm", "cpu_bf16", ["generator"]),  # ZeRO-0 bf16: the bf16 working weights, in fp32
 ])
-def test_export_equals_the_trained_module(tmp_path, tiny_dataset, random_generator, mode,
+def test_export_equals_the_trained_module(tmp_path, tiny_dataset, tiny_generator, mode,
                                           ds_config, folders):
     from transformers import (AutoModelForMaskedLM, AutoModelForSequenceClassification,
                               AutoTokenizer, ElectraForPreTraining)
 
     result = _pretrain(tmp_path / "run", tiny_dataset, f"mode={mode}",
-                       f"generator.path={random_generator}",
+                       f"generator.path={tiny_generator}",
                        f"ds_config=ds_configs/{ds_config}.json")
     trained = _module_state(result.engine)
     out = tmp_path / "export"
@@ -97,9 +80,9 @@ def test_export_equals_the_trained_module(tmp_path, tiny_dataset, random_generat
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, tiny_dataset, random_generator) -> Path:
+def finished_run(tmp_path_factory, tiny_dataset, tiny_generator) -> Path:
     run_dir = tmp_path_factory.mktemp("export") / "run"
-    _pretrain(run_dir, tiny_dataset, f"generator.path={random_generator}",
+    _pretrain(run_dir, tiny_dataset, f"generator.path={tiny_generator}",
               "checkpoint.save_every=1", "checkpoint.keep_last=2")
     return run_dir
 

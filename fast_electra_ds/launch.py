@@ -146,6 +146,11 @@ def launcher_command(script: str, args: Sequence[str],
 def start_launcher(script: str, args: Sequence[str]) -> None:
     """The bash side of a launch script: replace this process by the DeepSpeed launcher, so that
     signals (Ctrl-C, a scheduler's SIGTERM) reach it directly."""
+    import importlib.util
+
+    if importlib.util.find_spec("deepspeed") is None:
+        raise UserError(f"{sys.executable} has no DeepSpeed; set PYTHON to the interpreter of the "
+                        f"environment that has it (e.g. PYTHON=.venv/bin/python)")
     cmd = launcher_command(script, args)
     print("+ " + shlex.join(cmd), file=sys.stderr, flush=True)
     os.execv(cmd[0], cmd)

@@ -58,7 +58,8 @@ def test_round_trip_is_exact(tiny_corpus, tiny_tokenizer, tiny_dataset):
     train_docs, valid_docs = expected_split(text_documents(tiny_corpus), seed=1234,
                                             valid_fraction=TINY_VALID_FRACTION)
     assert len(valid_docs) >= 1 and len(train_docs) > 10 * len(valid_docs)
-    normalizer, pre_tokenizer = tok.backend_tokenizer.normalizer, tok.backend_tokenizer.pre_tokenizer
+    normalizer = tok.backend_tokenizer.normalizer
+    pre_tokenizer = tok.backend_tokenizer.pre_tokenizer
 
     for split, docs in (("train", train_docs), ("valid", valid_docs)):
         stored = stored_documents(tiny_dataset / split)
@@ -80,7 +81,10 @@ def test_round_trip_is_exact(tiny_corpus, tiny_tokenizer, tiny_dataset):
             # packing: [CLS] body [SEP], all full length but the document's last
             for k, s in enumerate(sequences):
                 assert s[0] == tok.cls_token_id and s[-1] == tok.sep_token_id
-                assert (len(s) == TINY_SEQ_LEN) if k < len(sequences) - 1 else len(s) <= TINY_SEQ_LEN
+                if k < len(sequences) - 1:
+                    assert len(s) == TINY_SEQ_LEN
+                else:
+                    assert len(s) <= TINY_SEQ_LEN
     first = stored_documents(tiny_dataset / "train")[0]
     assert tok.decode(first[0][1:-1]).startswith("in the beginning god created the heaven and "
                                                  "the earth. and the earth was without form")
@@ -185,7 +189,8 @@ def test_json_parquet_and_globs_in_order(tmp_path, tiny_tokenizer):
                      seq_len=16, output=str(out), valid_fraction=0.0, text_key="body")
     tok = load_tokenizer(str(tiny_tokenizer))
     expected = [["first record", "its second line"], ["second record"],
-                ["fifth document"], ["sixth", "document"], ["third record"], ["fourth", "", "record"]]
+                ["fifth document"], ["sixth", "document"], ["third record"],
+                ["fourth", "", "record"]]
     stored = stored_documents(out / "train")
     assert [[int(t) for s in doc for t in s[1:-1]] for doc in stored] == [
         direct_ids(tok, doc) for doc in expected]

@@ -96,4 +96,5 @@ def test_cli_train_tokenizer(tmp_path, tiny_corpus):
     assert done.returncode == 0, done.stderr
     assert (out / "vocab.txt").is_file()
     again = subprocess.run(cmd, capture_output=True, text=True)
-    assert again.returncode == 2 and "error: output" in again.stderr and "--overwrite" in again.stderr
+    assert again.returncode == 2
+    assert "error: output" in again.stderr and "--overwrite" in again.stderr

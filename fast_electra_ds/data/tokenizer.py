@@ -129,7 +129,8 @@ def _special_id(tok, attr: str) -> int | None:
 
 def special_token_ids(tok) -> dict[str, int | None]:
     """{"pad": id, "cls": id, "sep": id, "mask": id, "unk": id or None}."""
-    return {name: _special_id(tok, f"{name}_token") for name in ("pad", "cls", "sep", "mask", "unk")}
+    return {name: _special_id(tok, f"{name}_token")
+            for name in ("pad", "cls", "sep", "mask", "unk")}
 
 
 def tokenizer_fingerprint(tok) -> str:

@@ -1,0 +1,72 @@
+"""A pretraining run with faults injected, for tests/test_faults.py. Started once per rank by a
+launcher (torchrun or deepspeed), or as a plain process:
+
+    fault_run.py [--nan-rank R --nan-steps 3,4] [--slow-after-step N] [key=value ...]
+
+--nan-steps: on rank R, the loss of those optimizer steps (1-based) is NaN.
+--slow-after-step: after that step, every step sleeps 0.5 s, so that a test can kill -9 or
+    SIGTERM the run part-way, from outside, without racing it.
+At the end, each rank writes RUN_DIR/fault_result_rank<R>.json: whether every trained weight is
+finite, and how many updates its optimizer applied.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from fast_electra_ds import train
+from fast_electra_ds.config import load_config
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--local_rank", type=int, default=None)
+parser.add_argument("--nan-rank", type=int, default=-1)
+parser.add_argument("--nan-steps", default="")
+parser.add_argument("--slow-after-step", type=int, default=-1)
+args, overrides = parser.parse_known_args()
+nan_steps = {int(s) for s in args.nan_steps.split(",") if s}
+rank = int(os.environ.get("RANK", "0"))
+
+real_forward = train._forward
+calls = {"n": 0}
+
+
+def forward(engine, cfg, frozen, batch, temp):
+    out = real_forward(engine, cfg, frozen, batch, temp)
+    step = calls["n"] // engine.gradient_accumulation_steps() + 1 + train_start["step"]
+    calls["n"] += 1
+    if rank == args.nan_rank and step in nan_steps:
+        out = {**out, "loss": out["loss"] * float("nan")}
+    if 0 <= args.slow_after_step < step:
+        time.sleep(0.5)
+    return out
+
+
+train._forward = forward
+train_start = {"step": 0}
+real_resume = train.checkpoint.resume
+
+
+def resume(engine, plan, log):
+    state = real_resume(engine, plan, log)
+    train_start["step"] = state.step
+    return state
+
+
+train.checkpoint.resume = resume
+
+cfg = load_config("tiny", overrides)
+cfg.validate()
+result = train.pretrain(cfg)
+engine = result.engine
+optimizer = engine.basic_optimizer
+applied = max((int(s["step"]) for s in optimizer.state.values() if "step" in s), default=0)
+finite = all(bool(torch.isfinite(p).all()) for p in engine.module.parameters())
+Path(cfg.run_dir, f"fault_result_rank{rank}.json").write_text(
+    json.dumps({"finite": finite, "updates_applied": applied, "step": result.state.step,
+                "stopped_early": result.stopped_early}))
+sys.exit(0)

@@ -90,6 +90,9 @@ def pretrain(cfg: RunConfig) -> PretrainResult:
     else:
         module = MLMObjective(_build_generator(cfg, vocab_size, special["pad"]))
 
+    # counted before the engine exists: under ZeRO-3 each rank then holds only a shard
+    trainable_params = sum(p.numel() for p in module.parameters())
+
     # ---- what to resume from: decided and validated before the engine exists -----------------
     plan = checkpoint.plan_resume(cfg, world_size=env.world_size, vocab_size=vocab_size, log=log)
     if plan is not None and plan.universal:
@@ -104,7 +107,6 @@ def pretrain(cfg: RunConfig) -> PretrainResult:
     logger = MetricsLogger(cfg, is_main=env.is_main, start_step=state.step,
                            wandb_id=state.wandb_id)
     state.wandb_id = logger.wandb_id
-    trainable_params = sum(p.numel() for p in module.parameters())
     logger.info(f"mode={cfg.mode} ranks={env.world_size} device={env.device.type} "
                 f"precision={precision(ds)} zero={zero_stage(ds)} optimizer={optimizer_name} "
                 f"trainable={trainable_params:,} params "

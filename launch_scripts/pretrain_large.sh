@@ -19,7 +19,8 @@
 #   HOSTFILE       MPI-style hostfile, `node-1 slots=8` per line; unset = this machine only
 #   GPUS_PER_NODE  ranks per node (alias NUM_GPUS; default: every visible GPU)
 #   NUM_NODES, MASTER_ADDR, MASTER_PORT, NODE_RANK, LAUNCHER, LAUNCHER_ARGS, RECIPE: see
-#                  fast_electra_ds/launch.py; PYTHON: the interpreter (default python3)
+#                  fast_electra_ds/launch.py; PYTHON: the interpreter (default: the repo's .venv, else
+#                  python3)
 #   Multi-node: the bash form passes DATA..DS_CONFIG to every node on the command line; anything
 #   else the remote ranks need (HF_HOME, WANDB_*, LD_LIBRARY_PATH, ...) goes into .deepspeed_env
 #   in the working directory or $HOME, one KEY=VALUE per line (README: "Running on a cluster").
@@ -30,7 +31,8 @@
 # launcher starts every rank as `python -u THIS_FILE --local_rank=N ...`).
 """:"
 root=$(cd "$(dirname "$0")/.." && pwd)
-PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" exec "${PYTHON:-python3}" -m fast_electra_ds.launch "$0" "$@"
+[ -n "${PYTHON:-}" ] || { PYTHON="$root/.venv/bin/python"; [ -x "$PYTHON" ] || PYTHON=python3; }  # make setup's venv
+PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" exec "$PYTHON" -m fast_electra_ds.launch "$0" "$@"
 : <<'# end of the Python part'
 ":"""
 import sys

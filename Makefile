@@ -1,6 +1,7 @@
 # make setup  - create or refresh .venv (torch first, then DeepSpeed built against it, then us)
 # make demo   - the bundled demo: tokenizer, data, a tiny generator, fast-electra vs electra
 # make test   - the test suite (CPU; GPU tests are behind the `gpu` marker)
+# make bench  - the quick benchmark suite: electra vs fast-electra (benchmarks/results)
 
 PYTHON ?= python3
 VENV   := .venv
@@ -9,7 +10,7 @@ PIP    := $(PY) -m pip
 PIPQ   := $(PIP) install --quiet --disable-pip-version-check -c constraints.txt
 STAMP  := $(VENV)/.setup-done
 
-.PHONY: setup demo test clean-demo
+.PHONY: setup demo test bench clean-demo
 
 setup: $(STAMP)
 
@@ -31,6 +32,14 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# The peer, electra-pytorch, is installed here and without its dependencies: its metadata pins
+# transformers==3.0.2 and the retired `sklearn` package, which no resolver can satisfy beside our
+# pins (pip would fall back to 0.0.1, a pre-release whose loss cannot run); its code needs only
+# torch. constraints.txt pins the version.
+bench: setup
+	$(PIPQ) --no-deps electra-pytorch
+	$(PY) -m fast_electra_ds bench --quick
 
 clean-demo:
 	rm -rf .demo

@@ -165,8 +165,10 @@ def pretrain(cfg: RunConfig) -> PretrainResult:
         if log_now and window_steps:
             metrics = reduce_metrics(window)
             seconds = (time.perf_counter() - window_start) / window_steps
+            if cfg.mode != "mlm":  # mlm samples nothing
+                metrics["temperature"] = temp
             metrics.update(
-                temperature=temp, lr=lr,
+                lr=lr,
                 grad_norm=grad_norm if not math.isnan(grad_norm) else _grad_norm(engine),
                 step_time_s=seconds,
                 tokens_per_s=cfg.train.global_batch_size * cfg.data.seq_len / seconds,

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from fast_electra_ds.config import RunConfig
+from fast_electra_ds.config import RunConfig, flatten
 from fast_electra_ds.errors import UserError
 
 MARKER = "COMMITTED.json"
@@ -208,21 +208,11 @@ def _pick(how: str, run_dir: Path) -> tuple[Path, str] | None:
     return None
 
 
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def check_compatible(marker: dict[str, Any], cfg: RunConfig, *, vocab_size: int,
                      where: Path, log: Callable[[str], None]) -> None:
     """Errors for what makes the checkpoint unusable (shapes, vocabulary, seq_len, mode);
     warnings for what merely changes the training from here on (LR, batch, schedule)."""
-    saved, now = _flat(marker["config"]), _flat(cfg.to_dict())
+    saved, now = flatten(marker["config"]), flatten(cfg.to_dict())
     must = list(_MUST_MATCH) + (list(_GENERATOR_SHAPE) if cfg.mode != "fast-electra" else [])
     errors = [f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}"
               for k in now if any(k == m or k.startswith(m + ".") for m in must)

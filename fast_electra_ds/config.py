@@ -285,7 +285,7 @@ def field_docs() -> dict[str, str]:
 
 def describe() -> str:
     """Every key with its default and doc, for `fast-electra config --list`."""
-    defaults = _flatten(RunConfig().to_dict())
+    defaults = flatten(RunConfig().to_dict())
     return "\n".join(f"{k} = {defaults[k]!r}\n    {doc}" for k, doc in field_docs().items())
 
 
@@ -323,7 +323,7 @@ def load_config(recipe: str | None, overrides: list[str] = ()) -> RunConfig:
             raise UserError(f"{path} is not valid YAML: {e}") from None
         if not isinstance(data, dict):
             raise UserError(f"{path} must hold a mapping of config keys, got {type(data).__name__}")
-        for key, value in _flatten(data).items():
+        for key, value in flatten(data).items():
             _set(cfg, key, value, source=str(path))
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -338,11 +338,12 @@ def load_config(recipe: str | None, overrides: list[str] = ()) -> RunConfig:
     return cfg
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """{'model': {'hidden_size': 256}} -> {'model.hidden_size': 256}."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fast_electra_ds.config import RunConfig, resolve_path
+from fast_electra_ds.config import RunConfig, flatten, resolve_path
 from fast_electra_ds.errors import UserError
 
 # Top-level keys DeepSpeed 0.16-0.19 reads (runtime/config.py, monitor/, profiling/, ...).
@@ -117,7 +117,7 @@ def resolve_ds_config(ds: dict[str, Any], cfg: RunConfig, *, world_size: int,
         if block in out:
             problems.append(f"the JSON has an {block!r} block, but the {block} comes from the run "
                             f"config ({owner}); remove the block")
-    for key, value in _walk(out):
+    for key, value in flatten(out).items():
         if value == "auto":
             problems.append(f"{key}: \"auto\" is only understood for the batch sizes and "
                             f"gradient_clipping; give a value")
@@ -132,14 +132,6 @@ def resolve_ds_config(ds: dict[str, Any], cfg: RunConfig, *, world_size: int,
     # (engine.SkippableStep), which it would otherwise refuse.
     out["zero_allow_untested_optimizer"] = True
     return out
-
-
-def _walk(d: dict[str, Any], prefix: str = ""):
-    for k, v in d.items():
-        if isinstance(v, dict):
-            yield from _walk(v, f"{prefix}{k}.")
-        else:
-            yield f"{prefix}{k}", v
 
 
 def write_resolved(ds: dict[str, Any], path: str | Path) -> None:

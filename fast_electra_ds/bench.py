@@ -303,17 +303,16 @@ def build_mode(name: str, spec: Spec, env, generator_dir: Path) -> Mode:
             return corrupted, rtd_labels
         note = f"frozen generator on {frozen.runtime}"
 
-    mode = Mode(name, lambda b: None, note, frozen=frozen if name == "fast-electra" else None)
     watch = _Stopwatch(env.device)
+    corrupt_s: list = []
 
     def step(b: MaskedBatch) -> None:
         watch.start()
         corrupted, rtd_labels = corrupt(b)
-        watch.stop(mode.corrupt_s)
+        watch.stop(corrupt_s)
         train_disc(b, corrupted, rtd_labels)
 
-    mode.step = step
-    return mode
+    return Mode(name, step, note, corrupt_s=corrupt_s, frozen=frozen)
 
 
 class _Stopwatch:
@@ -603,7 +602,9 @@ def compute_section(rep: Report, measured_flops: dict[str, int], spec: Spec) -> 
            "the same model in both methods.",
            "- **ours**: what this code runs on the same shapes and vocabulary: embedding lookups "
            "free; the discriminator head (H -> H -> 1) at every position; the generator's head "
-           "(H -> E -> V) only at the K = 77 masked positions of 512 (`generator.masked_logits`) "
+           f"(H -> E -> V) only at the K = "
+           f"{num_predictions(flops.PAPER_SEQ_LEN, flops.MASK_PROB)} masked positions of "
+           f"{flops.PAPER_SEQ_LEN} (`generator.masked_logits`) "
            "in joint mode too.", ""]
     header = ["model", "method", "main: paper", "main: paper acct.", "main: ours",
               "aux: paper", "aux: paper acct.", "aux: ours", "total: paper",
@@ -740,7 +741,8 @@ def memory_section(rep: Report, measured: dict, spec: Spec, precision: str) -> d
     headline = {}
     batch_by_size = {size: load_config(size).train.micro_batch_size for size in flops.PAPER_SHAPES}
     md += ["## 2. Memory per step", "",
-           "**Analytic**, at the paper's shapes (V = 128,000, seq_len 512), bf16 mixed precision "
+           f"**Analytic**, at the paper's shapes (V = {flops.PAPER_VOCAB:,}, seq_len "
+           f"{flops.PAPER_SEQ_LEN}), bf16 mixed precision "
            "on one GPU without ZeRO partitioning, micro-batch "
            + ", ".join(f"{b} ({s})" for s, b in batch_by_size.items())
            + " (the recipes'; the paper does not give its per-GPU batch, so its main-model "
@@ -892,8 +894,8 @@ def time_section(rep: Report, timings: dict[str, Timing], spec: Spec, suite: Sui
            f"mode for {suite.steps_per_rep} step(s) in turn (order rotated each repetition) after "
            f"{suite.warmup_steps} warm-up step(s) per mode, torch intra-op threads "
            f"{torch.get_num_threads()}"
-           + (f" (on a CPU one by default: on a shared machine, OpenMP threads spin-waiting for "
-              f"a descheduled peer made 2-thread steps vary 3-10x)" if spec.device == "cpu"
+           + (" (on a CPU one by default: on a shared machine, OpenMP threads spin-waiting for "
+              "a descheduled peer made 2-thread steps vary 3-10x)" if spec.device == "cpu"
               else "") + ". Step = "
            f"{engine_note}. Median and range over all timed steps; ratios are the median over "
            "repetitions of the two modes' mean step times in the same repetition (paired, so "
@@ -901,7 +903,6 @@ def time_section(rep: Report, timings: dict[str, Timing], spec: Spec, suite: Sui
            "step before the discriminator's engine forward (the frozen generator's forward and "
            "sampling, or the uniform draw), median.", ""]
     rows = []
-    ref = {"electra": "electra", "disc-only": "disc-only"}
     for mode, t in timings.items():
         analytic = flops.step_flops(mode, disc, gen, seq_len=spec.seq_len,
                                     vocab_size=spec.vocab_size)
@@ -913,8 +914,8 @@ def time_section(rep: Report, timings: dict[str, Timing], spec: Spec, suite: Sui
                      f"{1000 * max(t.step_s):,.1f}",
                      f"{corrupt_ms:,.1f}" if corrupt_ms is not None else "-",
                      f"{tokens / t.median_s:,.0f}",
-                     f"{paired_ratio(timings, mode, ref['electra']):.2f}",
-                     f"{paired_ratio(timings, mode, ref['disc-only']):.2f}",
+                     f"{paired_ratio(timings, mode, 'electra'):.2f}",
+                     f"{paired_ratio(timings, mode, 'disc-only'):.2f}",
                      f"{analytic.total * spec.batch / t.median_s / 1e9:.3g}",
                      notes.get(mode, "")])
         rep.add("time", "timed-shape", mode, "step", "median_step_ms", 1000 * t.median_s, "ms")
@@ -923,16 +924,12 @@ def time_section(rep: Report, timings: dict[str, Timing], spec: Spec, suite: Sui
         rep.add("time", "timed-shape", mode, "step", "tokens_per_s", tokens / t.median_s,
                 "tokens/s")
     md += _table(["mode", "median step (ms)", "range (ms)", "corrupt (ms)", "tokens/s",
-                  "vs electra",
-                  "vs disc-only", "achieved GFLOP/s", "note"], rows) + [""]
-    flop_bound = (flops.step_flops("fast-electra", disc, gen, seq_len=spec.seq_len,
-                                   vocab_size=spec.vocab_size).total
-                  / flops.step_flops("electra", disc, gen, seq_len=spec.seq_len,
-                                     vocab_size=spec.vocab_size).total)
-    flop_bound_disc = (flops.step_flops("fast-electra", disc, gen, seq_len=spec.seq_len,
-                                        vocab_size=spec.vocab_size).total
-                       / flops.step_flops("disc-only", disc, gen, seq_len=spec.seq_len,
-                                          vocab_size=spec.vocab_size).total)
+                  "vs electra", "vs disc-only", "achieved GFLOP/s", "note"], rows) + [""]
+    step_flops = {mode: flops.step_flops(mode, disc, gen, seq_len=spec.seq_len,
+                                         vocab_size=spec.vocab_size).total
+                  for mode in ("electra", "fast-electra", "disc-only")}
+    flop_bound = step_flops["fast-electra"] / step_flops["electra"]
+    flop_bound_disc = step_flops["fast-electra"] / step_flops["disc-only"]
     headline = {"fast_joint": paired_ratio(timings, "fast-electra", "electra"),
                 "fast_disc": paired_ratio(timings, "fast-electra", "disc-only"),
                 "flop_fast_joint": flop_bound, "flop_fast_disc": flop_bound_disc,
@@ -963,7 +960,7 @@ def time_section(rep: Report, timings: dict[str, Timing], spec: Spec, suite: Sui
 
 
 # --------------------------------------------------------------------------------------------
-# Section 4: targets
+# Targets
 
 
 def targets_section(rep: Report, compute: dict, memory: dict, timing: dict,

@@ -84,15 +84,16 @@ class Suite:
     steps_per_rep: int
     warmup_steps: int  # per mode, before the clock
     memory_steps: int  # training steps of each memory child process
+    memory_rounds: int  # fresh processes per mode (medians over them)
 
 
 SUITES = {
     "smoke": Suite("smoke", "tiny", batch=2, seq_len=32, vocab_size=1000, reps=2,
-                   steps_per_rep=1, warmup_steps=1, memory_steps=1),
+                   steps_per_rep=1, warmup_steps=1, memory_steps=1, memory_rounds=1),
     "quick": Suite("quick", "small", batch=8, seq_len=128, vocab_size=ELECTRA_VOCAB, reps=12,
-                   steps_per_rep=1, warmup_steps=1, memory_steps=3),
+                   steps_per_rep=1, warmup_steps=1, memory_steps=3, memory_rounds=3),
     "full": Suite("full", "small", batch=None, seq_len=None, vocab_size=ELECTRA_VOCAB, reps=9,
-                  steps_per_rep=3, warmup_steps=2, memory_steps=5),
+                  steps_per_rep=3, warmup_steps=2, memory_steps=5, memory_rounds=3),
 }
 
 
@@ -486,9 +487,11 @@ def memory_child(mode: str, spec: Spec, steps: int, generator_dir: Path) -> dict
             "growth_bytes": peak - before, "steps": steps}
 
 
-def measure_memory(modes: list[str], spec: Spec, steps: int, generator_dir: Path) -> dict:
-    """One fresh child process per mode. On CPU they run at once (each reads only its own
-    process's peak); on a GPU one after another, as they share its memory."""
+def measure_memory(modes: list[str], spec: Spec, steps: int, generator_dir: Path,
+                   rounds: int) -> dict[str, list[dict]]:
+    """`rounds` fresh child processes per mode: {mode: [memory_child's result per round]}.
+    On CPU a round's children run at once (each reads only its own process's peak); on a GPU
+    one after another, as they share its memory."""
     # a world of its own: not this process's rendezvous (its port is taken)
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
@@ -507,10 +510,16 @@ def measure_memory(modes: list[str], spec: Spec, steps: int, generator_dir: Path
             raise RuntimeError(f"memory child for {mode} failed:\n{stderr[-3000:]}")
         return json.loads(stdout.strip().splitlines()[-1])
 
-    if spec.device == "cuda":
-        return {mode: finish(mode, start(mode)) for mode in modes}
-    children = {mode: start(mode) for mode in modes}
-    return {mode: finish(mode, child) for mode, child in children.items()}
+    out: dict[str, list[dict]] = {mode: [] for mode in modes}
+    for _ in range(rounds):
+        if spec.device == "cuda":
+            results = {mode: finish(mode, start(mode)) for mode in modes}
+        else:
+            children = {mode: start(mode) for mode in modes}
+            results = {mode: finish(mode, child) for mode, child in children.items()}
+        for mode, result in results.items():
+            out[mode].append(result)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -824,14 +833,15 @@ def memory_section(rep: Report, measured: dict, spec: Spec, precision: str) -> d
            "before building anything" if on_cuda else
            "peak resident set (VmHWM, reset after the imports and the process group via "
            "/proc/self/clear_refs) minus the resident set at that point")
+    rounds = len(measured["disc-only"])
     md += [f"**Measured** ({spec.device}): each mode in its own fresh process "
-           f"(`python -m fast_electra_ds.bench --memory-child MODE`), which builds its models, "
-           f"engine and batches and trains {next(iter(measured.values()))['steps']} steps at the "
-           f"timed shape ({spec.recipe}, micro-batch {spec.batch} x {spec.seq_len}, "
-           f"{precision}); memory = {how}. The auxiliary model's share is the mode's growth "
-           "minus disc-only's. Beside it, the analytic peak at that shape (trained state "
-           f"16 B/param, {precision} activations, frozen generator in "
-           f"{'fp16' if on_cuda else 'fp32'}).", ""]
+           f"(`python -m fast_electra_ds.bench --memory-child MODE`; {rounds} round(s), medians, "
+           f"range in brackets), which builds its models, engine and batches and trains "
+           f"{measured['disc-only'][0]['steps']} steps at the timed shape ({spec.recipe}, "
+           f"micro-batch {spec.batch} x {spec.seq_len}, {precision}); memory = {how}. The "
+           "auxiliary model's share is the mode's growth minus disc-only's in the same round. "
+           "Beside it, the analytic peak at that shape (trained state 16 B/param, "
+           f"{precision} activations, frozen generator in {'fp16' if on_cuda else 'fp32'}).", ""]
     analytic = {}
     for mode in ("electra", "fast-electra", "disc-only"):
         m, a = flops.step_memory(mode, disc, gen, batch=spec.batch, seq_len=spec.seq_len,
@@ -840,41 +850,48 @@ def memory_section(rep: Report, measured: dict, spec: Spec, precision: str) -> d
                                  precision=precision, frozen_bytes_per_param=2 if on_cuda else 4)
         peak = flops.peak_bytes(m, a)
         analytic[mode] = (peak, peak - m.total)
-    base = measured["disc-only"]["growth_bytes"]
+
+    def mib(values: list[float]) -> str:
+        med = statistics.median(values) / 2**20
+        if len(values) == 1:
+            return f"{med:,.1f}"
+        return f"{med:,.1f} [{min(values) / 2**20:,.0f}-{max(values) / 2**20:,.0f}]"
+
+    base = [r["growth_bytes"] for r in measured["disc-only"]]
+    aux_median = {}
     rows = []
-    for mode, r in measured.items():
-        aux_measured = r["growth_bytes"] - base
+    for mode, runs in measured.items():
+        growth = [r["growth_bytes"] for r in runs]
+        aux = [g - b for g, b in zip(growth, base)]
+        aux_median[mode] = statistics.median(aux)
         a_total, a_aux = analytic.get(mode, (None, None))
-        rows.append([mode, f"{r['before_bytes'] / 2**20:,.0f}", f"{r['peak_bytes'] / 2**20:,.0f}",
-                     f"{r['growth_bytes'] / 2**20:,.1f}",
+        rows.append([mode, mib([r["before_bytes"] for r in runs]),
+                     mib([r["peak_bytes"] for r in runs]), mib(growth),
                      f"{a_total / 2**20:,.1f}" if a_total is not None else "-",
-                     f"{aux_measured / 2**20:,.1f}" if mode != "disc-only" else "0",
+                     mib(aux) if mode != "disc-only" else "0",
                      f"{a_aux / 2**20:,.1f}" if a_aux is not None else "-"])
-        rep.add("memory", "timed-shape", mode, "total", "measured_before",
-                r["before_bytes"] / 2**20, "MiB")
-        rep.add("memory", "timed-shape", mode, "total", "measured_peak", r["peak_bytes"] / 2**20,
-                "MiB")
-        rep.add("memory", "timed-shape", mode, "total", "measured_growth",
-                r["growth_bytes"] / 2**20, "MiB")
+        for metric, values in (("measured_before", [r["before_bytes"] for r in runs]),
+                               ("measured_peak", [r["peak_bytes"] for r in runs]),
+                               ("measured_growth", growth)):
+            rep.add("memory", "timed-shape", mode, "total", metric,
+                    statistics.median(values) / 2**20, "MiB")
         rep.add("memory", "timed-shape", mode, "aux", "measured_growth_minus_disc_only",
-                aux_measured / 2**20, "MiB")
+                aux_median[mode] / 2**20, "MiB")
         if a_total is not None:
             rep.add("memory", "timed-shape", mode, "total", "analytic", a_total / 2**20, "MiB")
     md += _table(["mode", "before (MiB)", "peak (MiB)", "growth (MiB)", "analytic (MiB)",
                   "aux = growth - disc-only (MiB)", "aux analytic (MiB)"], rows)
-    if "electra" in measured and "fast-electra" in measured:
-        ja = measured["electra"]["growth_bytes"] - base
-        fa = measured["fast-electra"]["growth_bytes"] - base
-        headline["measured_aux"] = fa / ja if ja > 0 else float("nan")
-        analytic_ratio = analytic["fast-electra"][1] / analytic["electra"][1]
-        headline["analytic_aux_timed_shape"] = analytic_ratio
-        md += ["", f"Measured auxiliary share fast/joint at this shape: {fa / 2**20:.1f} / "
-               f"{ja / 2**20:.1f} MiB = {headline['measured_aux']:.2f} (analytic "
-               f"{analytic_ratio:.2f}: the recipe's joint generator is narrow, so its own state "
-               f"and activations are small next to the paper's full-width auxiliary model). " + (
-                   "" if on_cuda else "The resident set also holds what the allocator has "
-                   "freed but not returned and DeepSpeed's buffers, which the analytic count "
-                   "leaves out; small differences are noise.")]
+    ja, fa = aux_median["electra"], aux_median["fast-electra"]
+    headline["measured_aux"] = fa / ja if ja > 0 else float("nan")
+    analytic_ratio = analytic["fast-electra"][1] / analytic["electra"][1]
+    headline["analytic_aux_timed_shape"] = analytic_ratio
+    md += ["", f"Measured auxiliary share fast/joint at this shape: {fa / 2**20:.1f} / "
+           f"{ja / 2**20:.1f} MiB = {headline['measured_aux']:.2f} (analytic "
+           f"{analytic_ratio:.2f}: the recipe's joint generator is narrow, so its own state and "
+           f"activations are small next to the paper's full-width auxiliary model). " + (
+               "" if on_cuda else "The resident set also holds what the allocator has freed "
+               "but not returned and DeepSpeed's buffers, which the analytic count leaves out; "
+               "read the differences against the rounds' spread in brackets.")]
     md += [""]
     return headline
 
@@ -1154,7 +1171,8 @@ def run(*, suite_name: str, device: str, output: str, recipe: str | None, comman
                                       env.device)
         del built
         log("bench: memory, one fresh process per mode")
-        measured_memory = measure_memory(modes, spec, suite.memory_steps, generator_dir)
+        measured_memory = measure_memory(modes, spec, suite.memory_steps, generator_dir,
+                                         suite.memory_rounds)
 
     rep = Report()
     info = machine_info(env.device)

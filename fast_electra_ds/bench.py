@@ -1,8 +1,10 @@
 """`fast-electra bench`: what Fast-ELECTRA saves per training step, computed and measured.
 
-    fast-electra bench [--quick | --smoke] [--device cpu|cuda] [--config small] [--output DIR]
+    fast-electra bench [--quick | --smoke] [--device cpu|cuda] [--config small] [--threads N]
+                       [--output DIR]
 
-Four sections, written to DIR/bench_<device>[_<suite>].md, .csv and _*.png:
+Written to DIR/bench_<device>[_<suite>].md, .csv and _*.png: a headline, the benchmark's targets
+(met or missed, by how much and why; never asserted), then
 
   1. compute  FLOPs per sequence of the main and auxiliary models (flops.py), joint ELECTRA vs
               Fast-ELECTRA: the paper's table beside its accounting reproduced and beside ours, at
@@ -14,7 +16,6 @@ Four sections, written to DIR/bench_<device>[_<suite>].md, .csv and _*.png:
               minus its resident set after the imports, on GPU torch.cuda.max_memory_allocated.
   3. time     step time and tokens/s of every mode, measured side by side in this one process:
               repetitions that run each mode for a few steps in turn (order rotated), medians.
-  4. targets  the targets of the benchmark, met or missed, by how much and why.
 
 The modes, each one full training step through a real DeepSpeed engine (engine.build_engine:
 deepspeed.initialize with the project's AdamW and the resolved ds_config) on the same batches:
@@ -28,8 +29,8 @@ deepspeed.initialize with the project's AdamW and the resolved ds_config) on the
                 shapes, tied embeddings, same engine and optimizer), when it is installed
 
 Batches are synthetic token ids of full length (no padding), masked by masking.Masker before the
-clock starts: in training that happens in the DataLoader's workers, off the step. The peer masks
-inside its forward, as its design does.
+clock starts: in training the loader masks (in its workers when data.num_workers > 0), not the
+step. The peer masks inside its forward, as its design does.
 """
 
 from __future__ import annotations
@@ -628,9 +629,9 @@ def compute_section(rep: Report, measured_flops: dict[str, int], spec: Spec) -> 
                                     vocab_size=flops.PAPER_VOCAB)
             got[key] = (paper_acct, ours)
             rows.append([size, "Original (joint)" if key == "joint" else "Fast-ELECTRA",
-                         f"{p['main']:.1f}", _gf(paper_acct.main), _gf(ours.main),
-                         f"{p['aux_' + key]:.1f}", _gf(paper_acct.aux), _gf(ours.aux),
-                         f"{p['total_' + key]:.1f}", _gf(paper_acct.total), _gf(ours.total)])
+                         f"{p['main']:,.1f}", _gf(paper_acct.main), _gf(ours.main),
+                         f"{p['aux_' + key]:,.1f}", _gf(paper_acct.aux), _gf(ours.aux),
+                         f"{p['total_' + key]:,.1f}", _gf(paper_acct.total), _gf(ours.total)])
             for acct, sf in (("paper-accounting", paper_acct), ("ours", ours)):
                 for comp in ("main", "aux", "total"):
                     rep.add("compute", f"paper-{size}", mode, comp, f"gflops_{acct}",
@@ -763,7 +764,8 @@ def memory_section(rep: Report, measured: dict, spec: Spec, precision: str) -> d
            "parameters exclude them. The frozen generator (fp16): its weights, embeddings "
            "included, which is all the paper's table counts. While it runs it needs a "
            "transient (its forward's largest live tensors, then the [B, K, V] logits and the "
-           "sampler's fp32 chunks; breakdown below), freed before the discriminator's forward: "
+           "sampler's fp32 and int64 chunks; breakdown below), freed before the "
+           "discriminator's forward: "
            "it adds to the step's peak only what exceeds the discriminator's activations "
            "(`flops.peak_bytes`). Totals are the step's peak.", ""]
     rows = []

@@ -40,6 +40,7 @@ _log = logging.getLogger(__name__)
 # Rows of [*, V] fp32 scratch handled at once when sampling: bounds the temporary memory of the
 # eager sampler (logits copy, noise, softmax) to a few hundred MB whatever B * K is.
 _SAMPLE_CHUNK_ELEMENTS = 1 << 25
+_SAMPLE_CHUNK_ELEMENTS_CPU = 1 << 18
 
 # Files whose presence in a model folder means it carries a tokenizer to check against the data.
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json",
@@ -172,7 +173,9 @@ def sample_replacements(logits: torch.Tensor, *, temperature: float, seed: int,
     flat = logits.reshape(b * k, v)  # [N, V]
     sampled = torch.empty(b * k, dtype=torch.int64, device=logits.device)  # [N]
     entropy = torch.empty(b * k, dtype=torch.float32, device=logits.device)  # [N]
-    chunk = max(1, _SAMPLE_CHUNK_ELEMENTS // v)
+    # on CPU, chunks small enough that the in-place noise passes stay in cache
+    chunk_elements = _SAMPLE_CHUNK_ELEMENTS if logits.is_cuda else _SAMPLE_CHUNK_ELEMENTS_CPU
+    chunk = max(1, chunk_elements // v)
     for start in range(0, b * k, chunk):
         end = min(start + chunk, b * k)
         z = flat[start:end].float() / temperature  # [n, V]

@@ -21,10 +21,15 @@ COL_MUL = 0x9E3779B1 & 0x07FFFFFF  # spreads consecutive columns; < 2**27 (see a
 
 
 def mix32(x: torch.Tensor) -> torch.Tensor:
-    """A 32-bit integer hash (two multiply-xorshift rounds). x: int64 holding uint32 values."""
-    x = (((x >> 16) ^ x) * MIX_MUL) & M32
-    x = (((x >> 16) ^ x) * MIX_MUL) & M32
-    return (x >> 16) ^ x
+    """A 32-bit integer hash (two multiply-xorshift rounds), in place on `x` (int64 holding
+    uint32 values), which it returns. In place because on CPU this hash over [rows, vocab] is
+    the sampler's main cost, and it is memory-bound: each new temporary is another pass."""
+    for _ in range(2):
+        x ^= x >> 16
+        x *= MIX_MUL
+        x &= M32
+    x ^= x >> 16
+    return x
 
 
 def row_keys(seed: int, rows: torch.Tensor) -> torch.Tensor:
@@ -38,14 +43,15 @@ def row_keys(seed: int, rows: torch.Tensor) -> torch.Tensor:
 
 def uniform_from_keys(keys: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """[N, V] float32 uniforms in (0, 1) for row keys [N] and column ids [V] (both int64)."""
-    x = keys[:, None] ^ ((cols[None, :] * COL_MUL) & M32)
+    x = keys[:, None] ^ ((cols * COL_MUL) & M32)[None, :]
     x = mix32(mix32(x))
     # top 24 bits -> an exact float32 in (0, 1): never 0 or 1, so -log(-log(u)) is finite
-    return ((x >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
+    x >>= 8
+    return x.to(torch.float32).add_(0.5).mul_(1.0 / (1 << 24))
 
 
 def gumbel_noise(seed: int, rows: torch.Tensor, num_cols: int) -> torch.Tensor:
     """[N, V] float32 standard Gumbel noise for global row ids `rows` [N] and columns 0..V-1."""
     cols = torch.arange(num_cols, dtype=torch.int64, device=rows.device)
     u = uniform_from_keys(row_keys(seed, rows), cols)
-    return -torch.log(-torch.log(u))
+    return u.log_().neg_().log_().neg_()

@@ -52,17 +52,18 @@ def init_distributed(cfg: RunConfig, timeout_minutes: float = 30.0) -> DistEnv:
     # must be the CPU one even if a CUDA build of torch is installed.
     if want == "cpu":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    if "RANK" not in os.environ:  # a plain single process, not under a launcher
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0",
-                          MASTER_ADDR="127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
-
     import deepspeed
 
     backend = "nccl" if want == "cuda" else "gloo"
     if not torch.distributed.is_initialized():
+        kwargs = {}
+        if "RANK" not in os.environ:
+            # A plain single process, not under a launcher: a world of one on a free local port,
+            # given explicitly rather than through os.environ, which child processes inherit.
+            kwargs = dict(init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+            os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed's engine reads it
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False,
-                                   timeout=timedelta(minutes=timeout_minutes))
+                                   timeout=timedelta(minutes=timeout_minutes), **kwargs)
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if want == "cuda":

@@ -62,7 +62,8 @@ def test_fast_electra_trains_the_discriminator_against_a_frozen_generator(
     monkeypatch.setattr(train, "build_engine", spy)
     run_dir = tmp_path / "fast"
     result = train.pretrain(_cfg(run_dir, tiny_dataset, f"generator.path={tiny_generator}",
-                                 "train.steps=300", "train.eval_every=300"))
+                                 "train.steps=400", "train.eval_every=400",
+                                 "train.eval_batches=16"))
 
     # the generator: bit-identical weights, no gradients, nowhere in the optimizer
     frozen = result.frozen_generator.hf_model
@@ -78,10 +79,12 @@ def test_fast_electra_trains_the_discriminator_against_a_frozen_generator(
     records = _records(run_dir)
     assert records[-1]["rtd_loss"] < records[0]["rtd_loss"]
     ev = result.eval_metrics
+    # (accuracy at the 0.5 threshold is a strict test with 14% replaced tokens; 16 eval batches
+    # = 16k tokens keep its noise ~0.003)
     assert ev["rtd_accuracy"] > 1.0 - ev["rtd_replaced_share"] + 0.003, ev
     assert ev["auc"] > 0.8, ev
     # the temperature followed the exponential curriculum: T0 = 2 at step 0, ~1 at the end
-    assert records[0]["temperature"] == pytest.approx(1 + (2 - 1) * 2.718281828 ** (-9 / 300 / 0.1),
+    assert records[0]["temperature"] == pytest.approx(1 + (2 - 1) * 2.718281828 ** (-9 / 400 / 0.1),
                                                       rel=1e-6)
     assert (run_dir / "config.yaml").is_file() and (run_dir / "ds_config.json").is_file()
 

@@ -475,7 +475,7 @@ def _check_tokenizer(source: str, *, vocab_size: int, special_ids: Mapping[str, 
                             f"{', '.join(repr(t) for t in differ[:5])})")
     if problems:
         raise UserError(f"generator.path: {source} was trained with another tokenizer than the "
-                        f"data: " + "; ".join(problems) + ". Prepare the data with the "
+                        "data: " + "; ".join(problems) + ". Prepare the data with the "
                         f"generator's tokenizer, or use a generator trained on this tokenizer")
 
 

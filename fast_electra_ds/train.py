@@ -39,7 +39,7 @@ from fast_electra_ds.generator import FrozenGenerator, corrupt
 from fast_electra_ds.logger import MetricsLogger
 from fast_electra_ds.masking import MaskedBatch, Masker
 from fast_electra_ds.metrics import binary_auc, reduce_metrics
-from fast_electra_ds.models import build_discriminator, build_generator, tie_embeddings
+from fast_electra_ds.models import build_discriminator, build_generator
 from fast_electra_ds.objectives import ElectraObjective, FastElectraObjective, MLMObjective
 from fast_electra_ds.temperature import temperature
 
@@ -72,7 +72,7 @@ def pretrain(cfg: RunConfig) -> PretrainResult:
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     frozen: FrozenGenerator | None = None
     # the fused sampler / RTD loss (config kernels); mode=mlm has neither
-    fused = cfg.mode != "mlm" and resolve_kernels(cfg.kernels, env.device, log=_rank0_print(env))
+    fused = cfg.mode != "mlm" and resolve_kernels(cfg.kernels, env.device, log=log)
     if cfg.mode == "fast-electra":
         frozen = FrozenGenerator.load(str(resolve_path(cfg.generator.path)), vocab_size=vocab_size,
                                       special_ids=special, device=env.device,
@@ -85,7 +85,7 @@ def pretrain(cfg: RunConfig) -> PretrainResult:
     elif cfg.mode == "electra":
         disc = build_discriminator(cfg.model, vocab_size=vocab_size, pad_id=special["pad"])
         gen = _build_generator(cfg, vocab_size, special["pad"])
-        tie_embeddings(gen, disc)
+        # (ElectraObjective ties the generator's embeddings to the discriminator's)
         module = ElectraObjective(gen, disc, rtd_weight=cfg.train.rtd_weight, fused=fused)
     else:
         module = MLMObjective(_build_generator(cfg, vocab_size, special["pad"]))

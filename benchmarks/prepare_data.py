@@ -45,14 +45,9 @@ COPIES = (1, 10, 30)
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from fast_electra_ds.bench import cpu_name
+
+    cpu = cpu_name()
     mem_gib = psutil.virtual_memory().total / 2**30
     return (f"{platform.platform()}, {cpu}, {os.cpu_count()} cores, {mem_gib:.0f} GiB RAM, "
             f"Python {platform.python_version()}")

@@ -527,17 +527,20 @@ def measure_memory(modes: list[str], spec: Spec, steps: int, generator_dir: Path
 # Reporting helpers
 
 
-def machine_info(device: torch.device) -> dict[str, str]:
-    cpu = platform.processor() or "unknown CPU"
+def cpu_name() -> str:
+    """The CPU model as /proc/cpuinfo names it (platform.processor() is often empty on Linux)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or "unknown CPU"
+
+
+def machine_info(device: torch.device) -> dict[str, str]:
     info = {
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "cores": f"{os.cpu_count()} logical ({len(os.sched_getaffinity(0))} usable), torch "
                  f"threads {torch.get_num_threads()}",
         "os": f"{platform.system()} {platform.release()}",

@@ -40,20 +40,11 @@ from fast_electra_ds.objectives import ElectraObjective, FastElectraObjective
 
 pytest.importorskip("triton")
 from fast_electra_kernels._dispatch import interpreting  # noqa: E402
-from fast_electra_kernels.testing import (  # noqa: E402
-    CHILD_REASON,
+from fast_electra_kernels.testing import (  # noqa: E402, F401 (a test pytest collects here)
     KERNEL_DEVICE as DEVICE,
-    RUN_IN_CHILD,
-    assert_passes_in_interpreter_process,
+    kernel_test,
+    test_kernels_in_interpreter_process,
 )
-
-kernel_test = pytest.mark.skipif(RUN_IN_CHILD, reason=CHILD_REASON)
-
-
-@pytest.mark.skipif(not RUN_IN_CHILD, reason="the kernel tests run in this process")
-def test_kernels_in_interpreter_process():
-    """On a CPU machine: this module's kernel tests, interpreted (fast_electra_kernels.testing)."""
-    assert_passes_in_interpreter_process(__file__)
 
 
 GAP = 1e-5

@@ -25,20 +25,11 @@ from fast_electra_kernels.rtd_loss import (  # noqa: E402
     fused_rtd_loss,
     rtd_loss_reference,
 )
-from fast_electra_kernels.testing import (  # noqa: E402
-    CHILD_REASON,
+from fast_electra_kernels.testing import (  # noqa: E402, F401 (a test pytest collects here)
     KERNEL_DEVICE as DEVICE,
-    RUN_IN_CHILD,
-    assert_passes_in_interpreter_process,
+    kernel_test,
+    test_kernels_in_interpreter_process,
 )
-
-kernel_test = pytest.mark.skipif(RUN_IN_CHILD, reason=CHILD_REASON)
-
-
-@pytest.mark.skipif(not RUN_IN_CHILD, reason="the kernel tests run in this process")
-def test_kernels_in_interpreter_process():
-    """On a CPU machine: this module's kernel tests, interpreted (fast_electra_kernels.testing)."""
-    assert_passes_in_interpreter_process(__file__)
 
 
 GRAD_TOL = {

@@ -4,13 +4,12 @@ The interpreter needs TRITON_INTERPRET=1 before triton's first import in the pro
 tl.sum / tl.argmax are @triton.jit functions, interpreted or compiled as decided then. In a pytest
 session other modules may already have imported triton (deepspeed does), so on a CPU machine a
 kernel test module re-runs itself in a child process with the flag set, and skips its kernel tests
-in the parent:
+in the parent. A test module takes both pieces from here:
 
-    kernel_test = pytest.mark.skipif(RUN_IN_CHILD, reason=CHILD_REASON)
+    from fast_electra_kernels.testing import kernel_test, test_kernels_in_interpreter_process
 
-    @pytest.mark.skipif(not RUN_IN_CHILD, reason="the kernel tests run in this process")
-    def test_kernels_in_interpreter_process():
-        assert_passes_in_interpreter_process(__file__)
+and marks its kernel tests @kernel_test (pytest collects the imported test in each module, and
+`request.path` is that module's file).
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from fast_electra_kernels._dispatch import interpreting
@@ -36,3 +36,12 @@ def assert_passes_in_interpreter_process(test_file: str) -> None:
         [sys.executable, "-m", "pytest", test_file, "-q"], cwd=Path(test_file).parents[1],
         env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True)
     assert child.returncode == 0, child.stdout[-6000:] + child.stderr[-3000:]
+
+
+kernel_test = pytest.mark.skipif(RUN_IN_CHILD, reason=CHILD_REASON)
+
+
+@pytest.mark.skipif(not RUN_IN_CHILD, reason="the kernel tests run in this process")
+def test_kernels_in_interpreter_process(request):
+    """On a CPU machine: the importing module's kernel tests, interpreted."""
+    assert_passes_in_interpreter_process(str(request.path))

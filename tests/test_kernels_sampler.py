@@ -176,6 +176,51 @@ def test_draws_follow_softmax(temperature):
     assert p_value(temperature * 1.3) < 1e-3
 
 
+# A counter whose hash has all of its top 24 bits set (see tests/test_rng.py): under the old
+# 24-bit uniforms its noise was +inf.
+BAD_SEED, BAD_ROW, BAD_COL = 1234, 1086, 2158
+
+
+@kernel_test
+def test_the_known_bad_slot_samples_from_the_logits():
+    # column BAD_COL 1000 nats below the others; several rows, the bad one among them
+    v, hdim = 4096, 8
+    h = torch.zeros(4, hdim, device=DEVICE)
+    W = torch.zeros(v, hdim, device=DEVICE)
+    b = torch.zeros(v, device=DEVICE)
+    b[BAD_COL] = -1000.0
+    rows = torch.tensor([0, BAD_ROW, 7, BAD_ROW], device=DEVICE)
+    out = fused_sample(h, W, b, temperature=1.0, seed=BAD_SEED, rows=rows, use_triton=True)
+    assert (out.tokens != BAD_COL).all()
+    ref = sample_reference(h, W, b, 1.0, BAD_SEED, rows)
+    assert torch.equal(out.tokens, ref.tokens)
+
+
+@kernel_test
+@pytest.mark.parametrize("case", ["favour-last-tile", "all-equal", "very-negative"])
+def test_padded_columns_never_win(case):
+    """V = 2100 is not a multiple of the 128-column tile: columns 2100..2175 of the last tile are
+    padding, and BAD_COL lies among them, so row BAD_ROW's padded noise is the largest there is.
+    Every id must be a real column, and the draws the reference's."""
+    v, hdim = 2100, 8
+    rows = torch.tensor([BAD_ROW, 0, BAD_ROW, 5, 99, BAD_ROW], device=DEVICE)
+    h = torch.zeros(len(rows), hdim, device=DEVICE)
+    W = torch.zeros(v, hdim, device=DEVICE)
+    b = torch.zeros(v, device=DEVICE)
+    if case == "favour-last-tile":  # the draw belongs to the real columns of the last tile
+        b[2048:] = 20.0
+    elif case == "very-negative":
+        b[:] = -1e30
+    for num_splits in (1, 3):
+        out = SampleOutput(*sampler_triton.sample(h, W, b, 1.0, BAD_SEED, rows,
+                                                  num_splits=num_splits))
+        assert (out.tokens < v).all() and (out.argmax < v).all()
+        ref = sample_reference(h, W, b, 1.0, BAD_SEED, rows)
+        assert torch.equal(out.tokens, ref.tokens)
+        if case == "favour-last-tile":
+            assert (out.tokens >= 2048).all()
+
+
 def test_dispatch(monkeypatch):
     cpu = torch.zeros(1)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)

@@ -35,8 +35,10 @@ from fast_electra_ds import rng
 
 MIX_MUL = tl.constexpr(rng.MIX_MUL)
 COL_MUL = tl.constexpr(rng.COL_MUL)
-# (x >> 8) + 0.5 scaled by 2**-24 is an exact float32 in (0, 1), as in rng.uniform_from_keys
-INV_2_24 = tl.constexpr(1.0 / (1 << 24))
+# rng.uniform_from_bits: the top UNIFORM_BITS bits k -> (k + 0.5) / 2**UNIFORM_BITS, exact
+UNIFORM_SHIFT = tl.constexpr(32 - rng.UNIFORM_BITS)
+UNIFORM_SCALE = tl.constexpr(2.0 ** -rng.UNIFORM_BITS)
+MIN_NEG_LOG_U = tl.constexpr(rng.MIN_NEG_LOG_U)
 
 
 @triton.jit
@@ -62,7 +64,14 @@ def _uniforms(keys, cols):
     """rng.uniform_from_keys: keys [BM] uint32, cols [BV] int32 -> [BM, BV] fp32 in (0, 1)."""
     x = keys[:, None] ^ (cols.to(tl.uint32) * COL_MUL)[None, :]
     x = _mix32(_mix32(x))
-    return ((x >> 8).to(tl.float32) + 0.5) * INV_2_24
+    return ((x >> UNIFORM_SHIFT).to(tl.float32) + 0.5) * UNIFORM_SCALE
+
+
+@triton.jit
+def _gumbel(u):
+    """rng.gumbel_from_uniform: finite for every uniform _uniforms returns, also where the GPU's
+    log is approximate (the clamp keeps -log(u) > 0 near u = 1)."""
+    return -tl.log(tl.maximum(-tl.log(u), MIN_NEG_LOG_U))
 
 
 @triton.jit(do_not_specialize=["seed_word"])
@@ -77,7 +86,7 @@ def _noise_kernel(rows_ptr, u_ptr, g_ptr, M, V, seed_word,
     out = offs_m[:, None] * V + offs_v[None, :]
     mask = m_mask[:, None] & (offs_v < V)[None, :]
     tl.store(u_ptr + out, u, mask=mask)
-    tl.store(g_ptr + out, -tl.log(-tl.log(u)), mask=mask)
+    tl.store(g_ptr + out, _gumbel(u), mask=mask)
 
 
 @triton.jit(do_not_specialize=["seed_word"])
@@ -143,7 +152,9 @@ def _fused_sample_kernel(
         run_dot = run_dot * alpha + tl.sum(p * z_finite, axis=1)
         run_max = new_max
 
-        score = z + -tl.log(-tl.log(_uniforms(keys, offs_v)))
+        # padded columns stay out of the draw explicitly: their z is -inf, and -inf plus noise
+        # must never be what an argmax looks at (with infinite noise it was NaN)
+        score = tl.where(v_mask[None, :], z + _gumbel(_uniforms(keys, offs_v)), float("-inf"))
         tile_best = tl.max(score, axis=1)
         tile_idx = v0 + tl.argmax(score, axis=1)
         # strict: on an exact tie the earlier (lower) column stays, as torch.argmax picks

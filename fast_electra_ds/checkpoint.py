@@ -62,6 +62,7 @@ class TrainState:
     step: int = 0
     consumed_samples: int = 0
     wandb_id: str | None = None
+    train_seconds: float = 0.0  # wall-clock spent in training steps (not evaluation, saving)
 
 
 @dataclass
@@ -146,7 +147,8 @@ def save(engine, cfg: RunConfig, state: TrainState, *, zero_stage: int,
     rngs: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(rngs, rng_state())
     client_state = {"step": state.step, "consumed_samples": state.consumed_samples,
-                    "wandb_id": state.wandb_id, "rng_states": rngs,
+                    "wandb_id": state.wandb_id, "train_seconds": state.train_seconds,
+                    "rng_states": rngs,
                     "world_size": dist.get_world_size(),
                     # lets `ds_to_universal` convert this checkpoint for another world size
                     "universal_checkpoint_info": {}}
@@ -333,4 +335,5 @@ def resume(engine, plan: ResumePlan | None, log: Callable[[str], None]) -> Train
     log(f"resumed from {plan.load_dir}/{plan.tag} (step {client['step']}, "
         f"{client['consumed_samples']} samples consumed)")
     return TrainState(step=client["step"], consumed_samples=client["consumed_samples"],
-                      wandb_id=client.get("wandb_id"))
+                      wandb_id=client.get("wandb_id"),
+                      train_seconds=client.get("train_seconds", 0.0))

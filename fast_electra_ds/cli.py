@@ -4,7 +4,8 @@
     prepare-data     text -> packed token ids in megatron-core indexed datasets
     config           show a resolved run config, or list every key
     pretrain         the training run (fast-electra, electra or mlm), also under `deepspeed`
-    compare          finished runs side by side (step time, memory, held-out metrics)
+    compare          runs side by side (step time, memory, held-out metrics), learning curves
+    evaluate         finished runs / exported discriminators scored on one judged set
     bench            FLOPs, memory and step time of electra vs fast-electra (benchmarks/)
     export           a run's newest committed checkpoint -> Hugging Face model folders
     finetune         GLUE fine-tuning of a HF model folder (ELECTRA recipe, median of seeds)
@@ -16,7 +17,9 @@ A `UserError` is printed as `error: ...` and exits with status 2, without a trac
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 from fast_electra_ds.errors import UserError
 
@@ -73,7 +76,24 @@ def _pretrain(args: argparse.Namespace) -> None:
 def _compare(args: argparse.Namespace) -> None:
     from fast_electra_ds.compare import compare
 
-    print(compare(args.runs))
+    print(compare(args.runs, plot=args.plot))
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from fast_electra_ds.compare import describe_set, table
+    from fast_electra_ds.evaluation import EVALUATE_COLUMNS, evaluate_models
+
+    eval_set, rows = evaluate_models(
+        args.models, judge=args.judge, data=[args.data], num_sequences=args.num_sequences,
+        seed=args.seed, mask_prob=args.mask_prob, masking_style=args.masking_style,
+        batch_size=args.batch_size, device=args.device,
+        logger=lambda m: print(m, file=sys.stderr))
+    text = (f"Held-out: {describe_set(eval_set.record())}.\n\n"
+            + table(rows, EVALUATE_COLUMNS))
+    print(text)
+    if args.output:
+        Path(args.output).write_text(json.dumps({"eval_set": eval_set.record(), "rows": rows},
+                                                indent=2) + "\n")
 
 
 def _bench(args: argparse.Namespace) -> None:
@@ -194,7 +214,39 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Step time, throughput, peak memory and held-out "
                                    "discriminator metrics of runs, from their metrics.jsonl.")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--plot", default=None, metavar="PNG",
+                   help="also write the learning curves there: held-out AUC against training "
+                        "seconds and against training FLOPs, for the runs scored on the first "
+                        "run's evaluation set")
     p.set_defaults(func=_compare)
+
+    p = sub.add_parser("evaluate", help="score discriminators on one judged evaluation set",
+                       description="Build the evaluation set of a judge (a fixed masked LM "
+                                   "whose samples at T = 1 replace the masked tokens of the "
+                                   "data's valid split) and score each MODEL on exactly those "
+                                   "tokens: RTD loss, accuracy on replaced and original tokens, "
+                                   "ROC AUC over all real tokens and over the selected "
+                                   "positions. One table. With the defaults below, the set is "
+                                   "the one a run with eval.judge=GEN and default eval.* uses.")
+    p.add_argument("models", nargs="+", metavar="RUN_OR_EXPORT",
+                   help="run directories (newest committed checkpoint), export folders or HF "
+                        "ElectraForPreTraining folders")
+    p.add_argument("--judge", required=True, metavar="GEN",
+                   help="a HF masked-LM folder or hub id with the data's tokenizer")
+    p.add_argument("--data", required=True, metavar="DIR",
+                   help="a prepared dataset (its valid split is evaluated)")
+    p.add_argument("--num-sequences", type=int, default=1024, metavar="N",
+                   help="valid sequences in the set (default 1024, as eval.num_sequences)")
+    p.add_argument("--seed", type=int, default=0, help="as eval.seed (default 0)")
+    p.add_argument("--mask-prob", type=float, default=0.15, metavar="P",
+                   help="as masking.mask_prob (default 0.15)")
+    p.add_argument("--masking-style", choices=("electra", "bert"), default="electra",
+                   help="as masking.style (default electra)")
+    p.add_argument("--batch-size", type=int, default=64, metavar="N")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--output", default=None, metavar="JSON",
+                   help="also write the set's description and the rows there")
+    p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("bench", help="FLOPs, memory and step time: electra vs fast-electra",
                        description="Analytic FLOPs and memory per step of the main and auxiliary "

@@ -1,53 +1,108 @@
-"""`fast-electra compare RUN_DIR...`: runs side by side, from their metrics.jsonl and config.
+"""`fast-electra compare RUN_DIR... [--plot PNG]`: runs side by side, and their learning curves.
 
-Step time is the median of the logged per-interval averages after the first interval (which
-carries start-up: data workers, allocator warm-up, JIT). Held-out numbers are each run's last
+Training columns come from each run's metrics.jsonl: step time is the median of the logged
+per-interval averages after the first (which carries start-up: data workers, allocator warm-up,
+JIT); train time and FLOPs are the training seconds and FLOPs (flops.run_step_flops) at its last
 evaluation.
+
+Held-out columns are each run's last evaluation, and they compare only between runs scored on the
+same evaluation set (evaluation.py: one judge, the same data, seed, size and masking), which
+RUN_DIR/eval_set.json names. Runs on one set make one table, its judge named above it. Runs on
+several sets get one held-out table per set, under its judge, and a line saying that numbers of
+different tables do not compare; they are never put side by side silently.
+
+The plot: the held-out AUC of every run on the first run's evaluation set against training
+wall-clock seconds and against training FLOPs, so "the same quality for less compute" is read
+from one picture.
 """
 
 from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
 
 from fast_electra_ds.errors import UserError
+from fast_electra_ds.evaluation import read_record
 
-COLUMNS = [
+TRAIN_COLUMNS = [
     ("run", "run"), ("mode", "mode"), ("steps", "steps"),
     ("step time (ms)", "step_ms"), ("tokens/s", "tokens_per_s"), ("peak mem (GB)", "peak_mem"),
-    ("trainable params", "params"),
-    ("eval RTD loss", "rtd_loss"), ("eval RTD acc", "rtd_acc"), ("eval AUC", "auc"),
+    ("trainable params", "params"), ("train time (s)", "train_seconds"),
+    ("train PFLOPs", "train_pflops"),
+]
+EVAL_COLUMNS = [
+    ("eval RTD loss", "rtd_loss"), ("eval RTD acc", "rtd_accuracy"),
+    ("replaced recall", "rtd_accuracy_replaced"), ("original acc", "rtd_accuracy_original"),
+    ("AUC", "auc"), ("AUC selected", "auc_selected"), ("generator MLM acc", "mlm_accuracy"),
 ]
 
 
-def summarize(run_dir: str | Path) -> dict:
+def read_run(run_dir: str | Path) -> dict:
+    """A run's config, its train and eval records (metrics.jsonl) and its eval-set record."""
     run = Path(run_dir)
     metrics_file, config_file = run / "metrics.jsonl", run / "config.yaml"
     if not metrics_file.is_file() or not config_file.is_file():
         raise UserError(f"{run} is not a run directory (no metrics.jsonl / config.yaml); pass "
                         f"the run_dir of a `fast-electra pretrain` run")
-    cfg = yaml.safe_load(config_file.read_text())
     train, evals = [], []
     for line in metrics_file.read_text().splitlines():
         rec = json.loads(line)
         (evals if rec["split"] == "eval" else train).append(rec)
+    return {"name": run.name, "config": yaml.safe_load(config_file.read_text()),
+            "train": train, "evals": evals, "eval_set": read_record(run)}
+
+
+def summarize(run: dict) -> dict:
+    """One table row of a run (read_run): training columns, and its last evaluation."""
+    train, cfg = run["train"], run["config"]
     steady = train[1:] or train
-    last_eval = evals[-1] if evals else {}
+    last_eval = run["evals"][-1] if run["evals"] else {}
+    flops = last_eval.get("train_flops")
     return {
-        "run": run.name, "mode": cfg["mode"], "steps": train[-1]["step"] if train else 0,
+        "run": run["name"], "mode": cfg["mode"], "steps": train[-1]["step"] if train else 0,
         "step_ms": 1000 * statistics.median(r["step_time_s"] for r in steady) if steady else None,
         "tokens_per_s": statistics.median(r["tokens_per_s"] for r in steady) if steady else None,
         "peak_mem": max((r["peak_mem_gb"] for r in train), default=None),
         "params": train[0].get("trainable_params") if train else None,
-        "rtd_loss": last_eval.get("rtd_loss"), "rtd_acc": last_eval.get("rtd_accuracy"),
-        "auc": last_eval.get("auc"),
+        "train_seconds": last_eval.get("train_seconds"),
+        "train_pflops": flops / 1e15 if flops is not None else None,
+        **{key: last_eval.get(key) for _, key in EVAL_COLUMNS},
     }
 
 
-def table(rows: list[dict]) -> str:
+def eval_set_groups(runs: Sequence[dict]) -> list[tuple[dict | None, list[dict]]]:
+    """Runs grouped by evaluation set, in order of first appearance: [(eval-set record or None,
+    runs)]. Runs without a record (no evaluation, or an older run) each stand alone."""
+    groups: list[tuple[dict | None, list[dict]]] = []
+    for run in runs:
+        record = run["eval_set"]
+        for rec, members in groups:
+            if record is not None and rec is not None and rec["key"] == record["key"]:
+                members.append(run)
+                break
+        else:
+            groups.append((record, [run]))
+    return groups
+
+
+def describe_set(record: dict | None) -> str:
+    if record is None:
+        return "no evaluation set recorded (the run never evaluated, or predates eval_set.json)"
+    stats = record.get("judge_stats") or {}
+    quality = ""
+    if "judge_mlm_accuracy" in stats:
+        quality = (f"; the judge's MLM accuracy {stats['judge_mlm_accuracy']:.3f}, entropy "
+                   f"{stats['judge_gen_entropy']:.2f} nats")
+    return (f"judge {record['judge']} at T = {record['judge_temperature']:g} on "
+            f"{record['num_sequences']} held-out sequences, eval seed {record['seed']} "
+            f"(eval set {record['key']}{quality})")
+
+
+def table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     def cell(v) -> str:
         if v is None:
             return "-"
@@ -57,11 +112,77 @@ def table(rows: list[dict]) -> str:
             return f"{v:,}"
         return str(v)
 
-    head = "| " + " | ".join(name for name, _ in COLUMNS) + " |"
-    sep = "|" + "|".join("---" for _ in COLUMNS) + "|"
-    body = ["| " + " | ".join(cell(r[key]) for _, key in COLUMNS) + " |" for r in rows]
+    head = "| " + " | ".join(name for name, _ in columns) + " |"
+    sep = "|" + "|".join("---" for _ in columns) + "|"
+    body = ["| " + " | ".join(cell(r[key]) for _, key in columns) + " |" for r in rows]
     return "\n".join([head, sep, *body])
 
 
-def compare(run_dirs: list[str]) -> str:
-    return table([summarize(r) for r in run_dirs])
+def compare(run_dirs: list[str], plot: str | None = None) -> str:
+    """The comparison as Markdown text; with `plot`, also the learning-curve PNG there."""
+    runs = [read_run(r) for r in run_dirs]
+    groups = eval_set_groups(runs)
+    rows = {run["name"]: summarize(run) for run in runs}
+    if len(groups) == 1:
+        record, _ = groups[0]
+        text = (f"Held-out: {describe_set(record)}.\n\n"
+                + table(list(rows.values()), TRAIN_COLUMNS + EVAL_COLUMNS))
+    else:
+        parts = [table(list(rows.values()), TRAIN_COLUMNS), "",
+                 f"These runs were scored on {len(groups)} different evaluation sets (another "
+                 f"judge, data, eval seed, size or masking, or a run's own generator), so held-out "
+                 f"numbers of different tables below do not compare. Score them on one set with "
+                 f"`fast-electra evaluate --judge GEN --data DATA RUN...`, or train them with the "
+                 f"same eval.judge."]
+        for record, members in groups:
+            parts += ["", f"Held-out, {describe_set(record)}:", "",
+                      table([rows[m["name"]] for m in members],
+                            [("run", "run")] + EVAL_COLUMNS)]
+        text = "\n".join(parts)
+    if plot is not None:
+        record, members = groups[0]
+        note = plot_curves(members, plot, title=describe_set(record))
+        left_out = [run["name"] for run in runs if run not in members]
+        text += f"\n\nLearning curves: {note}" + (
+            f" (left out, scored on other sets: {', '.join(left_out)})" if left_out else "")
+    return text
+
+
+def plot_curves(runs: Sequence[dict], path: str | Path, *, title: str = "") -> str:
+    """AUC against training seconds and against training FLOPs, one line per run; returns where
+    the PNG went."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UserError("--plot needs matplotlib: pip install matplotlib") from None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for run in runs:
+        points = [r for r in run["evals"] if r.get("auc") is not None]
+        if not points:
+            continue
+        label = f"{run['name']} ({run['config']['mode']})"
+        axes[0].plot([r["train_seconds"] for r in points], [r["auc"] for r in points], "o-",
+                     label=label)
+        axes[1].plot([r["train_flops"] for r in points], [r["auc"] for r in points], "o-",
+                     label=label)
+    axes[0].set_xlabel("training wall-clock (s)")
+    axes[1].set_xlabel("training FLOPs")
+    axes[0].set_ylabel("held-out ROC AUC (replaced-token detection)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(_wrap(title), fontsize=9)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return str(path)
+
+
+def _wrap(text: str, width: int = 130) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width))

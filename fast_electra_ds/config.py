@@ -162,10 +162,6 @@ class TrainConfig:
     """Sequences per forward pass on one rank; gradient accumulation makes up the rest."""
     rtd_weight: float = 50.0
     """lambda in L = L_MLM + lambda * L_RTD (mode=electra)."""
-    eval_every: int = 1000
-    """Evaluate on the valid split every this many steps (0 = never)."""
-    eval_batches: int = 20
-    """Micro-batches per evaluation."""
     max_consecutive_skips: int = 5
     """A step whose loss is not finite on any rank is skipped by every rank (no update); this many
     skipped steps in a row stop the run with an error."""
@@ -174,6 +170,29 @@ class TrainConfig:
     little under a cluster job's limit. SIGTERM and SIGUSR1 do the same at any time."""
     dist_timeout_minutes: float = 30.0
     """Timeout of collective operations (the process group), after which a hung rank fails."""
+
+
+@dataclass
+class EvalConfig:
+    """Held-out evaluation on one yardstick (evaluation.py): a fixed masked LM, the judge,
+    corrupts a fixed sample of the valid split once, and every run is scored on those tokens."""
+
+    every: int = 1000
+    """Evaluate every this many steps and at the last step (0 = never)."""
+    judge: str = "auto"
+    """The masked LM whose samples at T = 1 replace the held-out tokens: a HF masked-LM folder or
+    hub id (vocabulary and special tokens checked against the data). Runs with the same judge,
+    data, eval.seed, eval.num_sequences and masking are scored on the same tokens, so their
+    numbers compare (RUN_DIR/eval_set.json names the set). auto: generator.path, i.e. the frozen
+    generator of mode=fast-electra; in mode=electra that folder when it exists, else self.
+    self: mode=electra's own generator, re-sampled at each evaluation; it changes as it trains,
+    so such numbers compare with nothing else."""
+    num_sequences: int = 1024
+    """Valid sequences in the evaluation set (at most the valid split's), whatever the number of
+    ranks or the micro-batch size."""
+    seed: int = 0
+    """Seeds the evaluation set's sample, masks and judge samples; apart from the run's seed, so
+    that runs with different seeds share one set."""
 
 
 @dataclass
@@ -230,6 +249,7 @@ class RunConfig:
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
@@ -372,7 +392,14 @@ def _set(cfg: RunConfig, key: str, value: Any, source: str) -> None:
     setattr(obj, parts[-1], _coerce(value, typ, key, source))
 
 
+# Keys that moved to another section, so that an old recipe gets told where they went.
+_MOVED = {"train.eval_every": "eval.every",
+          "train.eval_batches": "eval.num_sequences (now counted in sequences, not batches)"}
+
+
 def _unknown_key(key: str, source: str) -> typing.NoReturn:
+    if key in _MOVED:
+        raise UserError(f"config key {key!r} ({source}) is now {_MOVED[key]}")
     valid = list(field_docs())
     close = difflib.get_close_matches(key, valid, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
@@ -439,6 +466,11 @@ def resolve_path(path: str) -> Path:
     return REPO_ROOT / p if (REPO_ROOT / p).exists() else p
 
 
+def _names_a_folder(path_or_hub_id: str) -> bool:
+    """A hub id is "name" or "org/name"; anything else names a local folder."""
+    return path_or_hub_id.startswith((".", "/", "~")) or path_or_hub_id.count("/") >= 2
+
+
 def _problems(cfg: RunConfig, check_files: bool) -> list[str]:
     out: list[str] = []
 
@@ -496,8 +528,13 @@ def _problems(cfg: RunConfig, check_files: bool) -> list[str]:
          f"train.global_batch_size={tr.global_batch_size} must be a multiple of "
          f"train.micro_batch_size={tr.micro_batch_size}")
     need(tr.rtd_weight > 0, f"train.rtd_weight must be > 0, got {tr.rtd_weight}")
-    need(tr.eval_every >= 0 and tr.eval_batches >= 1,
-         "train.eval_every must be >= 0 and train.eval_batches >= 1")
+    need(cfg.eval.every >= 0, f"eval.every must be >= 0, got {cfg.eval.every}")
+    need(cfg.eval.num_sequences >= 1,
+         f"eval.num_sequences must be >= 1, got {cfg.eval.num_sequences}")
+    need(bool(cfg.eval.judge), "eval.judge is empty: name a masked LM, or auto / self")
+    need(cfg.eval.judge != "self" or cfg.mode == "electra",
+         f"eval.judge=self means mode=electra's own generator; in mode={cfg.mode} name the judge "
+         f"(or auto)")
     need(tr.max_consecutive_skips >= 1, "train.max_consecutive_skips must be >= 1")
     need(tr.time_limit_minutes >= 0, "train.time_limit_minutes must be >= 0")
     need(tr.dist_timeout_minutes > 0, "train.dist_timeout_minutes must be > 0")
@@ -525,9 +562,12 @@ def _problems(cfg: RunConfig, check_files: bool) -> list[str]:
              f"ds_config: {cfg.ds_config} does not exist (bundled: "
              f"{', '.join(sorted(p.name for p in (REPO_ROOT / 'ds_configs').glob('*.json')))})")
         # a hub id is "name" or "org/name"; anything else names a local folder
-        if cfg.mode == "fast-electra" and (g.path.startswith((".", "/", "~"))
-                                           or g.path.count("/") >= 2):
+        if cfg.mode == "fast-electra" and _names_a_folder(g.path):
             need(Path(g.path).expanduser().is_dir(),
                  f"generator.path: {g.path} is not a directory; train a generator first "
                  f"(mode=mlm writes RUN_DIR/generator) or point to a HF masked-LM folder")
+        if cfg.eval.every and cfg.mode != "mlm" and _names_a_folder(cfg.eval.judge):
+            need(Path(cfg.eval.judge).expanduser().is_dir(),
+                 f"eval.judge: {cfg.eval.judge} is not a directory; point it at a HF masked-LM "
+                 f"folder (e.g. the generator of a mode=mlm run), or set eval.every=0")
     return out

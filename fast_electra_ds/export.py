@@ -72,6 +72,45 @@ def export(run_dir: str, output: str, *, overwrite: bool = False, log=print) -> 
     return info
 
 
+def load_discriminator(target: str | Path):
+    """(ElectraForPreTraining in eval mode, {"name", "source", "step"}) from a run directory
+    (its newest committed checkpoint), an export folder, or a HF discriminator folder."""
+    from transformers import ElectraForPreTraining
+
+    path = Path(target)
+    if (path / "config.yaml").is_file():  # a run directory
+        cfg = _run_config(path)
+        if "discriminator" not in _PARTS[cfg.mode]:
+            raise UserError(f"{path} is a mode={cfg.mode} run: it trained no discriminator")
+        ckpt_dir = path / "checkpoints"
+        tags = committed_tags(ckpt_dir)
+        if not tags:
+            raise UserError(f"{path} has no committed checkpoint yet (no {ckpt_dir}/step*/"
+                            f"{MARKER}); evaluate it once it has saved one")
+        marker = json.loads((ckpt_dir / tags[-1] / MARKER).read_text())
+        state, _ = consolidated_state_dict(ckpt_dir, tags[-1], zero_stage=marker["zero_stage"])
+        _, vocab_size, pad_id = _data_tokenizer(cfg)
+        model = _load_part("discriminator", state, cfg, vocab_size=vocab_size, pad_id=pad_id)
+        return model, {"name": path.name, "source": f"{ckpt_dir / tags[-1]}",
+                       "step": marker["step"]}
+    info = {}
+    if (path / EXPORT_MARKER).is_file():  # an export: its discriminator folder
+        info = json.loads((path / EXPORT_MARKER).read_text())
+        path = path / "discriminator"
+    if not (path / "config.json").is_file():
+        raise UserError(f"{target} is neither a run directory (config.yaml), an export "
+                        f"({EXPORT_MARKER}) nor a HF model folder (config.json)")
+    try:
+        model, loading = ElectraForPreTraining.from_pretrained(path, output_loading_info=True)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load an ELECTRA discriminator from {path}: {e}") from None
+    if loading["missing_keys"]:
+        raise UserError(f"{path} is not an ELECTRA discriminator (ElectraForPreTraining): "
+                        f"{', '.join(sorted(loading['missing_keys'])[:4])} would be random")
+    name = Path(target).name if info else path.name
+    return model.eval(), {"name": name, "source": str(path), "step": info.get("step")}
+
+
 def _run_config(run: Path) -> RunConfig:
     if not run.is_dir():
         raise UserError(f"run directory {run} does not exist; pass the run_dir of a "

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fast_electra_ds.config import GeneratorConfig, ModelConfig
+from fast_electra_ds.config import GeneratorConfig, ModelConfig, RunConfig
 from fast_electra_ds.masking import num_predictions
 
 MASK_PROB = 0.15
@@ -97,6 +97,14 @@ class Encoder:
         """The generator of mode=electra/mlm: its own layers on the discriminator's embeddings."""
         return cls(gen.num_layers, gen.hidden_size, gen.num_heads, gen.intermediate_size,
                    embedding_size)
+
+    @classmethod
+    def from_hf_config(cls, config) -> "Encoder":
+        """The shape of a HF encoder config (BERT, RoBERTa, ELECTRA, ...; DistilBERT's names
+        are mapped by its config class, its FFN width is `hidden_dim`)."""
+        return cls(config.num_hidden_layers, config.hidden_size, config.num_attention_heads,
+                   getattr(config, "intermediate_size", None) or config.hidden_dim,
+                   getattr(config, "embedding_size", config.hidden_size))
 
     def describe(self) -> str:
         return (f"{self.num_layers} layers x {self.hidden_size} (FFN {self.intermediate_size}, "
@@ -182,6 +190,21 @@ def step_flops(mode: str, disc: Encoder, gen: Encoder, *, seq_len: int, vocab_si
     positions = num_predictions(seq_len, mask_prob) if where == "masked" else seq_len
     aux = multiplier * generator_flops(gen, seq_len, positions, vocab_size) if multiplier else 0
     return StepFlops(main=TRAINED * discriminator_flops(disc, seq_len), aux=aux)
+
+
+def run_step_flops(cfg: RunConfig, *, vocab_size: int, generator: Encoder) -> int:
+    """Our accounting of one optimizer step of a run, over its global batch: what the learning
+    curves put on their FLOPs axis. `generator` is the generator's shape (for mode=fast-electra
+    the frozen model's, `Encoder.from_hf_config`)."""
+    seq_len, mask_prob = cfg.data.seq_len, cfg.masking.mask_prob
+    if cfg.mode == "mlm":  # the masked LM trained alone
+        positions = num_predictions(seq_len, mask_prob)
+        per_sequence = TRAINED * generator_flops(generator, seq_len, positions, vocab_size)
+    else:
+        per_sequence = step_flops(cfg.mode, Encoder.discriminator(cfg.model), generator,
+                                  seq_len=seq_len, vocab_size=vocab_size,
+                                  mask_prob=mask_prob).total
+    return cfg.train.global_batch_size * per_sequence
 
 
 def paper_step_flops(mode: str, main: Encoder, aux: Encoder, *, seq_len: int = PAPER_SEQ_LEN,

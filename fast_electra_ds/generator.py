@@ -352,11 +352,8 @@ class FrozenGenerator:
                        "fp16": torch.float16, "bf16": torch.bfloat16,
                        "fp32": torch.float32}[dtype]
 
-        source = _resolve_source(path_or_hub_id)
-        _read_config(source, vocab_size=vocab_size)  # cheap checks before loading any weights
-        _check_tokenizer(source, vocab_size=vocab_size, special_ids=special_ids, vocab=vocab,
-                         logger=logger)
-        model = _load_frozen(source)
+        model, source = load_masked_lm(path_or_hub_id, vocab_size=vocab_size,
+                                       special_ids=special_ids, vocab=vocab, logger=logger)
 
         if on_cuda:
             model, runtime = _init_inference(
@@ -405,20 +402,32 @@ class FrozenGenerator:
                        temperature=temperature, seed=seed, fused=self.fused)
 
 
-def _resolve_source(path_or_hub_id: str) -> str:
+def load_masked_lm(path_or_hub_id: str, *, vocab_size: int, special_ids: Mapping[str, int | None],
+                   vocab: Mapping[str, int] | None = None, logger: Callable[[str], None] = print,
+                   what: str = "generator.path") -> tuple[nn.Module, str]:
+    """A HF masked LM checked against the data (vocabulary, special tokens, tokenizer), frozen,
+    fp32 on CPU, and where it came from. `what` names the setting in error messages."""
+    source = _resolve_source(path_or_hub_id, what)
+    _read_config(source, vocab_size=vocab_size, what=what)  # cheap checks before any weights
+    _check_tokenizer(source, vocab_size=vocab_size, special_ids=special_ids, vocab=vocab,
+                     logger=logger, what=what)
+    return _load_frozen(source, what), source
+
+
+def _resolve_source(path_or_hub_id: str, what: str = "generator.path") -> str:
     path = Path(path_or_hub_id).expanduser()
     if path.is_dir():
         return str(path)
     if path.exists():
-        raise UserError(f"generator.path: {path_or_hub_id} is a file; it must be the folder "
+        raise UserError(f"{what}: {path_or_hub_id} is a file; it must be the folder "
                         f"written by save_pretrained (config.json + weights)")
     if path_or_hub_id.startswith((".", "/", "~")):
-        raise UserError(f"generator.path: {path_or_hub_id} does not exist; point it at a masked-LM "
+        raise UserError(f"{what}: {path_or_hub_id} does not exist; point it at a masked-LM "
                         f"folder (e.g. the exported generator of a mode=mlm run)")
     return path_or_hub_id  # a hub id
 
 
-def _read_config(source: str, *, vocab_size: int):
+def _read_config(source: str, *, vocab_size: int, what: str = "generator.path"):
     """The model config at `source`; UserError unless it is a masked LM with the data's vocab."""
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
@@ -426,22 +435,23 @@ def _read_config(source: str, *, vocab_size: int):
     try:
         config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as e:
-        raise UserError(f"generator.path: cannot read a model config from {source} ({e}); it must "
+        raise UserError(f"{what}: cannot read a model config from {source} ({e}); it must "
                         f"be a HF masked-LM folder (config.json + weights) or a reachable hub "
                         f"id") from None
     if config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
-        raise UserError(f"generator.path: {source} holds a {config.model_type!r} model, which has "
+        raise UserError(f"{what}: {source} holds a {config.model_type!r} model, which has "
                         f"no masked-LM head in transformers; use a masked LM (BERT, RoBERTa, an "
                         f"ELECTRA generator, ... or the output of a mode=mlm run)")
     if config.vocab_size != vocab_size:
-        raise UserError(f"generator.path: {source} has a vocabulary of {config.vocab_size} tokens "
+        raise UserError(f"{what}: {source} has a vocabulary of {config.vocab_size} tokens "
                         f"but the data has {vocab_size}: the generator must use the data's "
                         f"tokenizer (prepare the data with it, or train a generator with mode=mlm)")
     return config
 
 
 def _check_tokenizer(source: str, *, vocab_size: int, special_ids: Mapping[str, int | None],
-                     vocab: Mapping[str, int] | None, logger: Callable[[str], None]) -> None:
+                     vocab: Mapping[str, int] | None, logger: Callable[[str], None],
+                     what: str = "generator.path") -> None:
     """UserError if the generator's own tokenizer (when it ships one) disagrees with the data."""
     from transformers import AutoTokenizer
 
@@ -454,7 +464,7 @@ def _check_tokenizer(source: str, *, vocab_size: int, special_ids: Mapping[str, 
         tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as e:
         if local:
-            raise UserError(f"generator.path: {source} has tokenizer files that do not load "
+            raise UserError(f"{what}: {source} has tokenizer files that do not load "
                             f"({e}); fix or remove them") from None
         logger(f"generator: no tokenizer found for {source}; only the vocab size is checked")
         return
@@ -474,12 +484,12 @@ def _check_tokenizer(source: str, *, vocab_size: int, special_ids: Mapping[str, 
             problems.append(f"{len(differ)} tokens have different ids (e.g. "
                             f"{', '.join(repr(t) for t in differ[:5])})")
     if problems:
-        raise UserError(f"generator.path: {source} was trained with another tokenizer than the "
+        raise UserError(f"{what}: {source} was trained with another tokenizer than the "
                         "data: " + "; ".join(problems) + ". Prepare the data with the "
                         f"generator's tokenizer, or use a generator trained on this tokenizer")
 
 
-def _load_frozen(source: str) -> nn.Module:
+def _load_frozen(source: str, what: str = "generator.path") -> nn.Module:
     """The masked LM at `source` in fp32 on CPU, in eval mode, with gradients off."""
     from transformers import AutoModelForMaskedLM
 
@@ -487,15 +497,15 @@ def _load_frozen(source: str) -> nn.Module:
         model, info = AutoModelForMaskedLM.from_pretrained(source, dtype=torch.float32,
                                                            output_loading_info=True)
     except (OSError, ValueError) as e:
-        raise UserError(f"generator.path: cannot load a masked LM from {source} ({e}); it must "
+        raise UserError(f"{what}: cannot load a masked LM from {source} ({e}); it must "
                         f"be a folder written by save_pretrained (config.json + weights)") from None
     # The real test of "is a masked LM": a folder saved from another head class of the same
     # architecture (e.g. ElectraForPreTraining, a discriminator) loads too, with a random head.
     if info["missing_keys"]:
         saved_as = ", ".join(model.config.architectures or ["an unknown class"])
-        raise UserError(f"generator.path: {source} holds {saved_as}, not a trained masked LM: "
+        raise UserError(f"{what}: {source} holds {saved_as}, not a trained masked LM: "
                         f"{', '.join(sorted(info['missing_keys'])[:4])} would be random. Point "
-                        f"generator.path at a masked-LM folder (an ELECTRA *generator*, BERT, "
+                        f"{what} at a masked-LM folder (an ELECTRA *generator*, BERT, "
                         f"RoBERTa, ..., or the output of a mode=mlm run)")
     model.eval()
     model.requires_grad_(False)

@@ -26,6 +26,17 @@ def binary_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     return float(u / (n_pos * n_neg))
 
 
+def gather_1d(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate a 1-d tensor over ranks, in rank order (sizes may differ by rank), on CPU."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return x.cpu()
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, x.cpu())
+    return torch.cat(parts)
+
+
 def reduce_metrics(dicts: list[dict]) -> dict[str, float]:
     """Sum the metric sums/counts of this rank's micro-batches, add them up over all ranks (one
     all-reduce), and turn them into rates (objectives.finalize_metrics)."""

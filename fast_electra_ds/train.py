@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from fast_electra_ds import checkpoint
+from fast_electra_ds import checkpoint, evaluation
 from fast_electra_ds.config import RunConfig, resolve_path
 from fast_electra_ds.data.loader import DataInfo, build_loader, open_datasets
 from fast_electra_ds.ds_config import (load_ds_config, precision, resolve_ds_config,
@@ -35,21 +35,19 @@ from fast_electra_ds.ds_config import (load_ds_config, precision, resolve_ds_con
 from fast_electra_ds.engine import DistEnv, build_engine, init_distributed
 from fast_electra_ds.errors import UserError
 from fast_electra_ds.fused import resolve_kernels
+from fast_electra_ds.evaluation import EvalSet
+from fast_electra_ds.flops import Encoder, run_step_flops
 from fast_electra_ds.generator import FrozenGenerator, corrupt
 from fast_electra_ds.logger import MetricsLogger
 from fast_electra_ds.masking import MaskedBatch, Masker
-from fast_electra_ds.metrics import binary_auc, reduce_metrics
+from fast_electra_ds.metrics import reduce_metrics
 from fast_electra_ds.models import build_discriminator, build_generator
 from fast_electra_ds.objectives import ElectraObjective, FastElectraObjective, MLMObjective
 from fast_electra_ds.temperature import temperature
 
-EVAL_TEMPERATURE = 1.0  # held-out metrics use the generator's own distribution in every mode
-EVAL_SEED_OFFSET = 7919  # eval sampling noise is fixed and apart from training's
-
-
 @dataclass
 class PretrainResult:
-    eval_metrics: dict[str, float]  # the last evaluation (empty if train.eval_every=0)
+    eval_metrics: dict[str, float]  # the last evaluation (empty if eval.every=0)
     state: checkpoint.TrainState
     engine: Any  # the DeepSpeed engine (engine.module is the trained objective module)
     frozen_generator: FrozenGenerator | None  # mode=fast-electra only
@@ -92,6 +90,12 @@ def pretrain(cfg: RunConfig) -> PretrainResult:
 
     # counted before the engine exists: under ZeRO-3 each rank then holds only a shard
     trainable_params = sum(p.numel() for p in module.parameters())
+    generator_shape = (Encoder.from_hf_config(frozen.hf_model.config) if frozen is not None
+                       else Encoder.generator(cfg.generator, cfg.model.embedding_size))
+    flops_per_step = run_step_flops(cfg, vocab_size=vocab_size, generator=generator_shape)
+
+    # ---- the held-out yardstick: built once, before training (and any judge checked) ---------
+    eval_set = _build_eval_set(cfg, env, data_info, log) if cfg.eval.every else None
 
     # ---- what to resume from: decided and validated before the engine exists -----------------
     plan = checkpoint.plan_resume(cfg, world_size=env.world_size, vocab_size=vocab_size, log=log)
@@ -132,6 +136,7 @@ def pretrain(cfg: RunConfig) -> PretrainResult:
     window_steps = 0
     grad_norm = math.nan
     while state.step < cfg.train.steps:
+        step_start = time.perf_counter()
         temp = (cfg.temperature.joint_t if cfg.mode == "electra"
                 else temperature(cfg.temperature, state.step, cfg.train.steps))
         lr = engine.get_lr()[0]
@@ -176,9 +181,14 @@ def pretrain(cfg: RunConfig) -> PretrainResult:
                 skipped_steps=guard.total_skips)
             logger.log(state.step, metrics)
             window, window_start, window_steps = [], time.perf_counter(), 0
-        if cfg.train.eval_every and (state.step % cfg.train.eval_every == 0 or last):
-            eval_metrics = evaluate(engine, cfg, env, frozen, masker)
-            logger.log(state.step, eval_metrics, prefix="eval")
+        # the learning curves' time axis: training only, not evaluation or checkpoints
+        state.train_seconds += time.perf_counter() - step_start
+        if eval_set is not None and (state.step % cfg.eval.every == 0 or last):
+            eval_start = time.perf_counter()
+            eval_metrics = evaluate(engine, cfg, eval_set, device=env.device)
+            logger.log(state.step, {**eval_metrics, "train_seconds": state.train_seconds,
+                                    "train_flops": state.step * flops_per_step}, prefix="eval")
+            window_start += time.perf_counter() - eval_start  # step times leave evaluation out
         if (last or guard.stop or
                 (cfg.checkpoint.save_every and state.step % cfg.checkpoint.save_every == 0)):
             path = checkpoint.save(engine, cfg, state, zero_stage=zero_stage(ds),
@@ -291,54 +301,75 @@ def _forward(engine, cfg: RunConfig, frozen: FrozenGenerator | None, batch: Mask
                   positions=batch.positions, labels=batch.labels, weights=batch.weights)
 
 
+def _build_eval_set(cfg: RunConfig, env: DistEnv, data_info: DataInfo, log) -> EvalSet:
+    """This rank's shard of the evaluation set that eval.* describes; the judge (if any) is
+    loaded, used and dropped here. Rank 0 writes RUN_DIR/eval_set.json."""
+    judge_name = _judge_name(cfg, log)
+    judge, fingerprint = None, ""
+    if judge_name == evaluation.SELF:
+        fingerprint = f"self:{Path(cfg.run_dir).resolve()}"  # equal to no other run's
+    elif judge_name is not None:
+        judge, fingerprint = evaluation.load_judge(judge_name, data_info, device=env.device,
+                                                   logger=log)
+    eval_set = evaluation.build_eval_set(
+        cfg.data.paths, data_info, judge=judge, judge_name=judge_name or "none (masks only)",
+        judge_fingerprint=fingerprint, num_sequences=cfg.eval.num_sequences, seed=cfg.eval.seed,
+        mask_prob=cfg.masking.mask_prob, masking_style=cfg.masking.style,
+        weights=cfg.data.weights, rank=env.rank, world_size=env.world_size, device=env.device,
+        batch_size=cfg.train.micro_batch_size, logger=log)
+    del judge
+    if env.is_main:
+        Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+        evaluation.write_record(cfg.run_dir, eval_set)
+        stats = " ".join(f"{k}={v:.4g}" for k, v in eval_set.judge_stats.items())
+        log(f"eval: {eval_set.spec.describe()} {stats}".rstrip())
+    return eval_set
+
+
+def _judge_name(cfg: RunConfig, log) -> str | None:
+    """eval.judge resolved: a folder or hub id, SELF, or None (mode=mlm needs no judge)."""
+    if cfg.mode == "mlm":
+        return None
+    judge = cfg.eval.judge
+    if judge == "auto":
+        if cfg.mode == "electra":
+            if not (cfg.generator.path and resolve_path(cfg.generator.path).is_dir()):
+                log(f"eval: eval.judge=auto and generator.path={cfg.generator.path!r} is no "
+                    f"folder, so this electra run is judged by its own generator (self): its "
+                    f"held-out numbers compare with no other run's. Name a judge "
+                    f"(eval.judge=FOLDER, e.g. a fast-electra run's generator) to compare.")
+                return evaluation.SELF
+        judge = cfg.generator.path
+    if judge == evaluation.SELF:
+        return judge
+    path = resolve_path(judge)
+    return str(path) if path.is_dir() else judge  # a folder, written absolute; else a hub id
+
+
 @torch.no_grad()
-def evaluate(engine, cfg: RunConfig, env: DistEnv, frozen: FrozenGenerator | None,
-             masker: Masker) -> dict[str, float]:
-    """Held-out metrics on the valid split: the first `train.eval_batches` micro-batches per rank,
-    the same ones every time. Discriminator modes report loss, accuracy and ROC AUC of the
-    replaced-token detection at T = 1; modes with a trained generator also its MLM accuracy."""
+def evaluate(engine, cfg: RunConfig, eval_set: EvalSet, *, device: torch.device
+             ) -> dict[str, float]:
+    """Held-out metrics on the evaluation set: replaced-token detection against the judge's
+    replacements (evaluation.score_discriminator), and the MLM accuracy of a trained generator
+    on the same masks. Collective: every rank scores its shard."""
     engine.eval()
-    batches = build_loader(cfg.data.paths, split="valid", seq_len=cfg.data.seq_len,
-                           micro_batch_size=cfg.train.micro_batch_size,
-                           global_batch_size=cfg.train.micro_batch_size * env.world_size,
-                           rank=env.rank, world_size=env.world_size, seed=cfg.seed,
-                           consumed_samples=0, masker=masker, num_workers=0)
-    seed = cfg.seed + EVAL_SEED_OFFSET
     module = engine.module
-    sums: list[dict[str, torch.Tensor]] = []
-    scores, labels = [], []
-    for _ in range(cfg.train.eval_batches):
-        batch = next(batches).to(env.device)
-        if cfg.mode == "mlm":
-            sums.append(module(masked_ids=batch.masked_ids, attention_mask=batch.attention_mask,
-                               positions=batch.positions, labels=batch.labels,
-                               weights=batch.weights))
-            continue
-        if cfg.mode == "fast-electra":
-            corrupted, rtd_labels, gen_metrics = frozen.corrupt(batch, temperature=EVAL_TEMPERATURE,
-                                                                seed=seed)
-        else:
-            corrupted, rtd_labels, gen_metrics = corrupt(module.generator, batch,
-                                                         temperature=EVAL_TEMPERATURE, seed=seed)
-        out = module.rtd_outputs(corrupted, batch.attention_mask, rtd_labels)
-        sums.append({**{k: v for k, v in out.items() if k != "logits"}, **gen_metrics})
-        real = batch.attention_mask.bool()
-        scores.append(out["logits"][real].float())
-        labels.append(rtd_labels[real].float())
+    batch_size = cfg.train.micro_batch_size
+    metrics: dict[str, float] = {}
+    if cfg.mode != "fast-electra":  # a generator that trains: how well it predicts
+        metrics.update(evaluation.score_masked_lm(module.generator, eval_set, device=device,
+                                                  batch_size=batch_size))
+    if cfg.mode != "mlm":
+        corrupt_fn = None
+        if eval_set.corrupted_ids is None:  # judge=self: this run's generator, as it is now
+            def corrupt_fn(batch: MaskedBatch):
+                return corrupt(module.generator, batch, temperature=evaluation.JUDGE_TEMPERATURE,
+                               seed=cfg.eval.seed + evaluation.JUDGE_SEED_OFFSET)[:2]
+        metrics.update(evaluation.score_discriminator(module.discriminator, eval_set,
+                                                      device=device, batch_size=batch_size,
+                                                      corrupt_fn=corrupt_fn))
     engine.train()
-    metrics = reduce_metrics(sums)
-    if scores:
-        metrics["auc"] = binary_auc(_gather_1d(torch.cat(scores)), _gather_1d(torch.cat(labels)))
     return metrics
-
-
-def _gather_1d(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate a 1-d tensor over ranks (sizes may differ by rank)."""
-    if dist.get_world_size() == 1:
-        return x.cpu()
-    parts: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, x.cpu())
-    return torch.cat(parts)
 
 
 def _export_generator(engine, cfg: RunConfig, env: DistEnv, data_info: DataInfo) -> None:

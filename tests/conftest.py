@@ -128,9 +128,9 @@ def tiny_generator(tmp_path_factory, tiny_dataset) -> Path:
 
     run_dir = tmp_path_factory.mktemp("mlm") / "run"
     cfg = load_config("tiny", [f"run_dir={run_dir}", f"data.paths={tiny_dataset}", "device=cpu",
-                               "mode=mlm", "train.steps=60", "train.eval_every=60",
+                               "mode=mlm", "train.steps=60", "eval.every=60",
                                "optim.warmup_steps=5", "train.global_batch_size=16",
-                               "train.micro_batch_size=16", "train.eval_batches=4"])
+                               "train.micro_batch_size=16", "eval.num_sequences=64"])
     cfg.validate()
     result = train.pretrain(cfg)
     assert (run_dir / "generator" / "model.safetensors").is_file()

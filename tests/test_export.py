@@ -22,7 +22,7 @@ from fast_electra_ds.config import load_config
 def _pretrain(run_dir: Path, dataset: Path, *overrides: str):
     cfg = load_config("tiny", [f"run_dir={run_dir}", f"data.paths={dataset}", "device=cpu",
                                "train.steps=2", "train.global_batch_size=8",
-                               "train.micro_batch_size=8", "train.eval_every=0", *overrides])
+                               "train.micro_batch_size=8", "eval.every=0", *overrides])
     cfg.validate()
     return train.pretrain(cfg)
 

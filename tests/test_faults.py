@@ -42,7 +42,7 @@ _port = iter(range(29600, 29700))
 
 def _common(dataset, generator, run_dir, *extra):
     return [f"data.paths={dataset}", f"generator.path={generator}", f"run_dir={run_dir}",
-            "device=cpu", "train.eval_every=0", "logging.log_every=1",
+            "device=cpu", "eval.every=0", "logging.log_every=1",
             "train.global_batch_size=8", "train.micro_batch_size=4", *extra]
 
 

@@ -227,7 +227,7 @@ def train_records(run_dir: Path, dataset: Path, generator: Path, mode: str, kern
         f"run_dir={run_dir}", f"data.paths={dataset}", f"generator.path={generator}",
         f"mode={mode}", f"kernels={kernels}", f"device={DEVICE}", "train.steps=4",
         "train.global_batch_size=4", "train.micro_batch_size=4", "model.hidden_dropout=0",
-        "model.attention_dropout=0", "train.eval_every=0", "logging.log_every=1",
+        "model.attention_dropout=0", "eval.every=0", "logging.log_every=1",
         "optim.warmup_steps=1", "generator.inference_dtype=fp32", f"ds_config={ds_config}"])
     cfg.validate()
     pretrain(cfg)

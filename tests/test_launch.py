@@ -30,7 +30,7 @@ POLYGLOTS = sorted(p for p in SCRIPTS.glob("*.sh") if p.name != "demo.sh")
 BIN = Path(sys.executable).parent
 # a few steps of the tiny recipe, 8 sequences per rank
 STEPS = ["train.steps=3", "train.global_batch_size=16", "train.micro_batch_size=8",
-         "train.eval_every=0", "logging.log_every=1", "device=cpu"]
+         "eval.every=0", "logging.log_every=1", "device=cpu"]
 
 
 def test_every_launch_script_is_valid_bash_and_valid_python(tmp_path):

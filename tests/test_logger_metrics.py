@@ -45,21 +45,52 @@ def test_logger_writes_jsonl_wandb_offline_and_tensorboard(tmp_path):
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2
 
 
-def test_compare_table(tmp_path):
-    for name, mode, ms in (("a", "fast-electra", 0.03), ("b", "electra", 0.04)):
-        run = tmp_path / name
-        run.mkdir()
-        (run / "config.yaml").write_text(yaml.safe_dump({"mode": mode}))
-        recs = [{"step": s, "split": "train", "step_time_s": ms * (5 if s == 10 else 1),
-                 "tokens_per_s": 1000.0, "peak_mem_gb": 0.5, "trainable_params": 123}
-                for s in (10, 20, 30)]
-        recs.append({"step": 30, "split": "eval", "rtd_loss": 0.3, "rtd_accuracy": 0.9,
-                     "auc": 0.8})
-        (run / "metrics.jsonl").write_text("\n".join(map(json.dumps, recs)) + "\n")
-    out = compare([str(tmp_path / "a"), str(tmp_path / "b")])
-    rows = out.splitlines()
-    assert rows[0].startswith("| run | mode |") and len(rows) == 4
-    assert "| a | fast-electra | 30 | 30 |" in rows[2]  # first interval (start-up) left out
-    assert "| b | electra | 30 | 40 |" in rows[3]
+def _fake_run(root, name, mode, step_s, *, eval_set_key=None, judge="gen", auc=0.8):
+    """A run directory with the files compare reads: config, metrics, eval-set record."""
+    run = root / name
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"mode": mode}))
+    recs = [{"step": s, "split": "train", "step_time_s": step_s * (5 if s == 10 else 1),
+             "tokens_per_s": 1000.0, "peak_mem_gb": 0.5, "trainable_params": 123}
+            for s in (10, 20, 30)]
+    recs += [{"step": s, "split": "eval", "rtd_loss": 0.3, "rtd_accuracy": 0.9,
+              "rtd_accuracy_replaced": 0.4, "auc": auc - (30 - s) / 100,
+              "train_seconds": s * step_s, "train_flops": s * 1e12} for s in (20, 30)]
+    (run / "metrics.jsonl").write_text("\n".join(map(json.dumps, recs)) + "\n")
+    if eval_set_key is not None:
+        (run / "eval_set.json").write_text(json.dumps({
+            "key": eval_set_key, "judge": judge, "judge_temperature": 1.0, "num_sequences": 100,
+            "seed": 0, "judge_stats": {"judge_mlm_accuracy": 0.3, "judge_gen_entropy": 4.0}}))
+    return run
+
+
+def test_compare_one_evaluation_set_makes_one_table_with_its_judge(tmp_path):
+    a = _fake_run(tmp_path, "a", "fast-electra", 0.03, eval_set_key="k1", judge="/gens/g1")
+    b = _fake_run(tmp_path, "b", "electra", 0.04, eval_set_key="k1", judge="/elsewhere/g1")
+    plot = tmp_path / "curves.png"
+    out = compare([str(a), str(b)], plot=str(plot))
+    lines = out.splitlines()
+    assert lines[0].startswith("Held-out: judge /gens/g1 at T = 1 on 100 held-out sequences")
+    assert "eval set k1" in lines[0] and "MLM accuracy 0.300" in lines[0]
+    assert lines[2].startswith("| run | mode |") and "| AUC |" in lines[2]
+    assert "replaced recall" in lines[2]
+    assert "| a | fast-electra | 30 | 30 |" in lines[4]  # first interval (start-up) left out
+    assert "| b | electra | 30 | 40 |" in lines[5]
+    assert "| 0.4 | - | 0.8 |" in lines[4]  # recall, original acc (absent), AUC
+    assert plot.stat().st_size > 10_000 and "Learning curves: " + str(plot) in out
     with pytest.raises(UserError, match="not a run directory"):
         compare([str(tmp_path)])
+
+
+def test_compare_refuses_to_put_different_evaluation_sets_side_by_side(tmp_path):
+    a = _fake_run(tmp_path, "a", "fast-electra", 0.03, eval_set_key="k1", judge="g1")
+    b = _fake_run(tmp_path, "b", "electra", 0.04, eval_set_key="k2", judge="self")
+    c = _fake_run(tmp_path, "c", "electra", 0.04)  # an older run: no eval_set.json
+    out = compare([str(a), str(b), str(c)], plot=str(tmp_path / "p.png"))
+    assert "scored on 3 different evaluation sets" in out and "do not compare" in out
+    assert "Held-out, judge g1" in out and "Held-out, judge self" in out
+    assert "Held-out, no evaluation set recorded" in out
+    # the training table has no held-out column; each held-out table has its own runs only
+    train_table = out.split("\n\n")[0]
+    assert "AUC" not in train_table and train_table.count("\n") == 4
+    assert "left out, scored on other sets: b, c" in out

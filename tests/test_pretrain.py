@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 def _cfg(run_dir: Path, dataset: Path, *overrides: str):
     cfg = load_config("tiny", [f"run_dir={run_dir}", f"data.paths={dataset}", "device=cpu",
                                "train.global_batch_size=16", "train.micro_batch_size=16",
-                               "train.eval_batches=4", *overrides])
+                               "eval.num_sequences=64", *overrides])
     cfg.validate()
     return cfg
 
@@ -62,8 +62,8 @@ def test_fast_electra_trains_the_discriminator_against_a_frozen_generator(
     monkeypatch.setattr(train, "build_engine", spy)
     run_dir = tmp_path / "fast"
     result = train.pretrain(_cfg(run_dir, tiny_dataset, f"generator.path={tiny_generator}",
-                                 "train.steps=400", "train.eval_every=400",
-                                 "train.eval_batches=16"))
+                                 "train.steps=400", "eval.every=400",
+                                 "eval.num_sequences=256"))
 
     # the generator: bit-identical weights, no gradients, nowhere in the optimizer
     frozen = result.frozen_generator.hf_model
@@ -100,7 +100,7 @@ def test_electra_mode_trains_both_models_with_shared_embeddings(tmp_path, tiny_d
 
     monkeypatch.setattr(train, "build_engine", spy)
     result = train.pretrain(_cfg(tmp_path / "electra", tiny_dataset, "mode=electra",
-                                 "train.steps=20", "train.eval_every=20"))
+                                 "train.steps=20", "eval.every=20"))
     module = result.engine.module
     after = module.state_dict()
     for prefix in ("generator.electra.encoder", "discriminator.electra.encoder",
@@ -119,7 +119,7 @@ def test_electra_mode_trains_both_models_with_shared_embeddings(tmp_path, tiny_d
 
 
 def test_resume_auto_continues_bit_for_bit(tmp_path, tiny_dataset, tiny_generator):
-    common = [f"generator.path={tiny_generator}", "train.steps=8", "train.eval_every=0",
+    common = [f"generator.path={tiny_generator}", "train.steps=8", "eval.every=0",
               "checkpoint.save_every=4", "logging.log_every=1"]
     full = tmp_path / "full"
     train.pretrain(_cfg(full, tiny_dataset, *common))
@@ -140,7 +140,7 @@ def test_deepspeed_launcher_zero2_on_two_ranks_matches_one_rank(tmp_path, tiny_d
     """Same global batch (16) as 1 rank x 16 and 2 ranks x 8 under ZeRO-2: data, masks and
     sampling noise are keyed by global sample id, so only float summation order differs."""
     common = [f"data.paths={tiny_dataset}", f"generator.path={tiny_generator}", "device=cpu",
-              "train.steps=6", "train.eval_every=0", "logging.log_every=1",
+              "train.steps=6", "eval.every=0", "logging.log_every=1",
               "train.global_batch_size=16", "model.hidden_dropout=0",
               "model.attention_dropout=0", "ds_config=ds_configs/cpu_zero2_fp32.json",
               "checkpoint.save_every=0"]

@@ -278,6 +278,17 @@ class MaskingCollate:
         return self.masker(input_ids, attention_mask, sample_ids)
 
 
+def packed_sequences(paths: list[str], *, split: str, seq_len: int, seed: int,
+                     weights: list[float] | None = None) -> PackedSequences:
+    """`split` of the blended datasets, indexed by global sample id in the order of `seed`."""
+    readers, info = open_datasets(paths, split, seq_len=seq_len)
+    if weights is not None and len(weights) != len(paths):
+        raise UserError(f"data.weights has {len(weights)} entries for {len(paths)} data.paths")
+    return PackedSequences(readers, SampleOrder(info.num_sequences, weights, seed),
+                           seq_len=seq_len, pad_id=info.special_token_ids["pad"],
+                           vocab_size=info.vocab_size)
+
+
 def build_loader(paths: list[str], *, split: str, seq_len: int, micro_batch_size: int,
                  global_batch_size: int, rank: int, world_size: int, seed: int,
                  consumed_samples: int, masker: Masker, num_workers: int = 0,
@@ -296,13 +307,8 @@ def build_loader(paths: list[str], *, split: str, seq_len: int, micro_batch_size
                         f"{world_size}")
     if num_workers < 0:
         raise UserError(f"data.num_workers must be >= 0, got {num_workers}")
-    readers, info = open_datasets(paths, split, seq_len=seq_len)
-    if weights is not None and len(weights) != len(paths):
-        raise UserError(f"data.weights has {len(weights)} entries for {len(paths)} data.paths")
     assert masker.seq_len == seq_len, (masker.seq_len, seq_len)
-    order = SampleOrder(info.num_sequences, weights, seed)
-    dataset = PackedSequences(readers, order, seq_len=seq_len,
-                              pad_id=info.special_token_ids["pad"], vocab_size=info.vocab_size)
+    dataset = packed_sequences(paths, split=split, seq_len=seq_len, seed=seed, weights=weights)
     sampler = MicroBatchSampler(consumed_samples=consumed_samples, rank=rank,
                                 world_size=world_size, micro_batch_size=micro_batch_size,
                                 global_batch_size=global_batch_size)

@@ -216,8 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--plot", default=None, metavar="PNG",
                    help="also write the learning curves there: held-out AUC against training "
-                        "seconds and against training FLOPs, for the runs scored on the first "
-                        "run's evaluation set")
+                        "steps, seconds and FLOPs, for the runs scored on the first run's "
+                        "evaluation set")
     p.set_defaults(func=_compare)
 
     p = sub.add_parser("evaluate", help="score discriminators on one judged evaluation set",

@@ -11,8 +11,8 @@ RUN_DIR/eval_set.json names. Runs on one set make one table, its judge named abo
 several sets get one held-out table per set, under its judge, and a line saying that numbers of
 different tables do not compare; they are never put side by side silently.
 
-The plot: the held-out AUC of every run on the first run's evaluation set against training
-wall-clock seconds and against training FLOPs, so "the same quality for less compute" is read
+The plot: the held-out AUC of every run on the first run's evaluation set against training steps,
+training wall-clock seconds and training FLOPs, so "the same quality for less compute" is read
 from one picture.
 """
 
@@ -37,7 +37,8 @@ TRAIN_COLUMNS = [
 EVAL_COLUMNS = [
     ("eval RTD loss", "rtd_loss"), ("eval RTD acc", "rtd_accuracy"),
     ("replaced recall", "rtd_accuracy_replaced"), ("original acc", "rtd_accuracy_original"),
-    ("AUC", "auc"), ("AUC selected", "auc_selected"), ("generator MLM acc", "mlm_accuracy"),
+    ("AUC", "auc"), ("AUC maskable", "auc_maskable"), ("AUC selected", "auc_selected"),
+    ("generator MLM acc", "mlm_accuracy"),
 ]
 
 
@@ -149,8 +150,8 @@ def compare(run_dirs: list[str], plot: str | None = None) -> str:
 
 
 def plot_curves(runs: Sequence[dict], path: str | Path, *, title: str = "") -> str:
-    """AUC against training seconds and against training FLOPs, one line per run; returns where
-    the PNG went."""
+    """AUC against training steps, seconds and FLOPs, one line per run; returns where the PNG
+    went."""
     try:
         import matplotlib
 
@@ -158,21 +159,18 @@ def plot_curves(runs: Sequence[dict], path: str | Path, *, title: str = "") -> s
         import matplotlib.pyplot as plt
     except ImportError:
         raise UserError("--plot needs matplotlib: pip install matplotlib") from None
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    axes_of = (("step", "training steps"), ("train_seconds", "training wall-clock (s)"),
+               ("train_flops", "training FLOPs"))
+    fig, axes = plt.subplots(1, len(axes_of), figsize=(15, 4.2), sharey=True)
     for run in runs:
         points = [r for r in run["evals"] if r.get("auc") is not None]
-        if not points:
-            continue
         label = f"{run['name']} ({run['config']['mode']})"
-        axes[0].plot([r["train_seconds"] for r in points], [r["auc"] for r in points], "o-",
-                     label=label)
-        axes[1].plot([r["train_flops"] for r in points], [r["auc"] for r in points], "o-",
-                     label=label)
-    axes[0].set_xlabel("training wall-clock (s)")
-    axes[1].set_xlabel("training FLOPs")
-    axes[0].set_ylabel("held-out ROC AUC (replaced-token detection)")
-    for ax in axes:
+        for ax, (key, _) in zip(axes, axes_of):
+            ax.plot([r[key] for r in points], [r["auc"] for r in points], "o-", label=label)
+    for ax, (_, name) in zip(axes, axes_of):
+        ax.set_xlabel(name)
         ax.grid(alpha=0.3)
+    axes[0].set_ylabel("held-out ROC AUC (replaced-token detection)")
     axes[0].legend()
     fig.suptitle(_wrap(title), fontsize=9)
     fig.tight_layout()

@@ -81,6 +81,7 @@ class EvalSet:
     spec: EvalSpec
     batch: MaskedBatch  # [S, L] / [S, K]: the masked sequences (labels, slots, sample ids)
     keep: torch.Tensor  # [S] bool: False on rows that only pad the shard to S (never counted)
+    maskable: torch.Tensor  # [S, L] bool: real tokens other than [CLS]/[SEP]/...: replaceable
     corrupted_ids: torch.Tensor | None  # [S, L] int64 with the judge's samples (None for SELF)
     rtd_labels: torch.Tensor | None  # [S, L] float32, 1 where the judge's sample differs
     judge_stats: dict[str, float]  # over the whole set: the judge's MLM accuracy, entropy, ...
@@ -176,7 +177,9 @@ def build_eval_set(paths: Sequence[str], data_info: DataInfo, *, judge: nn.Modul
                     style=masking_style, seed=seed)
     batch = MaskingCollate(masker)(dataset.__getitems__(ids.tolist()))  # [S, ...]
     batch.weights[~keep] = 0.0  # padding rows have no slots: no statistic ever counts them
-    eval_set = EvalSet(spec, batch, keep, None, None, judge_stats={})
+    special = torch.tensor(data_info.special_ids)
+    maskable = batch.attention_mask.bool() & ~torch.isin(batch.input_ids, special)
+    eval_set = EvalSet(spec, batch, keep, maskable, None, None, judge_stats={})
     if judge is None:
         return eval_set
 
@@ -208,14 +211,17 @@ def score_discriminator(discriminator: nn.Module, eval_set: EvalSet, *,
                         | None = None) -> dict[str, float]:
     """Replaced-token detection on the set: rtd_loss, rtd_accuracy, rtd_accuracy_replaced (the
     recall of replaced tokens), rtd_accuracy_original, rtd_replaced_share, and ROC AUC of the
-    logits over all real tokens (`auc`) and over the selected positions only (`auc_selected`:
-    replaced against sampled-as-the-original). Collective over ranks when a process group runs.
+    logits over all real tokens (`auc`), over the replaceable ones (`auc_maskable`: without
+    [CLS]/[SEP], which are never replaced and so give any model a head start that grows as
+    sequences get shorter) and over the selected positions only (`auc_selected`: replaced
+    against sampled-as-the-original). Collective over ranks when a process group runs.
 
     discriminator: (input_ids, attention_mask) -> .logits [B, L] (an ElectraForPreTraining).
     corrupt_fn: for judge=self, the batch -> (corrupted_ids, rtd_labels) of the run's generator.
     """
     device = torch.device(device)
-    sums, scores, targets, scores_sel, targets_sel = [], [], [], [], []
+    sums = []
+    where = {"auc": [], "auc_maskable": [], "auc_selected": []}  # name -> [(scores, labels)]
     for rows, chunk in eval_set.chunks(batch_size):
         chunk = chunk.to(device)
         if corrupt_fn is None:
@@ -228,16 +234,15 @@ def score_discriminator(discriminator: nn.Module, eval_set: EvalSet, *,
         counted = chunk.attention_mask * eval_set.keep[rows].to(device)[:, None]  # [b, L]
         _, counts = rtd_loss(logits, labels, counted)
         sums.append(counts)
-        real = counted.bool()
-        scores.append(logits[real].cpu())
-        targets.append(labels[real].cpu())
-        selected = _selected(chunk)  # [b, L]
-        scores_sel.append(logits[selected].cpu())
-        targets_sel.append(labels[selected].cpu())
+        kept = eval_set.keep[rows].to(device)[:, None]  # [b, 1]
+        for name, tokens in (("auc", counted.bool()),
+                             ("auc_maskable", eval_set.maskable[rows].to(device) & kept),
+                             ("auc_selected", _selected(chunk))):  # each [b, L] bool
+            where[name].append((logits[tokens].cpu(), labels[tokens].cpu()))
     metrics = reduce_metrics(sums)
-    metrics["auc"] = binary_auc(gather_1d(torch.cat(scores)), gather_1d(torch.cat(targets)))
-    metrics["auc_selected"] = binary_auc(gather_1d(torch.cat(scores_sel)),
-                                         gather_1d(torch.cat(targets_sel)))
+    for name, parts in where.items():
+        metrics[name] = binary_auc(gather_1d(torch.cat([p[0] for p in parts])),
+                                   gather_1d(torch.cat([p[1] for p in parts])))
     return metrics
 
 
@@ -286,7 +291,8 @@ def read_record(run_dir: str | Path) -> Mapping | None:
 EVALUATE_COLUMNS = [
     ("model", "name"), ("step", "step"), ("eval RTD loss", "rtd_loss"),
     ("eval RTD acc", "rtd_accuracy"), ("replaced recall", "rtd_accuracy_replaced"),
-    ("original acc", "rtd_accuracy_original"), ("AUC", "auc"), ("AUC selected", "auc_selected"),
+    ("original acc", "rtd_accuracy_original"), ("AUC", "auc"),
+    ("AUC maskable", "auc_maskable"), ("AUC selected", "auc_selected"),
     ("same set as its run", "same_set"),
 ]
 

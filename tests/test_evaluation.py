@@ -108,6 +108,10 @@ def test_scores_count_every_kept_token_once(tiny_dataset, judge):
         (counts["rtd_replaced_correct"] / counts["rtd_replaced_total"]).item())
     assert metrics["auc"] == pytest.approx(binary_auc(logits[real], one.rtd_labels[real]),
                                            abs=1e-9)
+    maskable = real & ~torch.isin(one.batch.input_ids, torch.tensor(info.special_ids))
+    assert maskable.sum() < real.sum()  # [CLS] / [SEP] left out
+    assert metrics["auc_maskable"] == pytest.approx(
+        binary_auc(logits[maskable], one.rtd_labels[maskable]), abs=1e-9)
     # selected positions only: the used slots (NaN when the judge replaced every one of them)
     selected = torch.zeros_like(real).scatter_(1, one.batch.positions, one.batch.weights > 0)
     assert metrics["auc_selected"] == pytest.approx(
@@ -149,7 +153,8 @@ def test_both_modes_are_scored_on_one_set_and_evaluate_agrees(tmp_path, tiny_dat
     for run, mode in ((fast, "fast-electra"), (joint, "electra")):
         evals = _evals(run)
         assert [r["step"] for r in evals] == [15, 30]
-        for key in ("auc", "auc_selected", "rtd_accuracy_replaced", "rtd_accuracy_original"):
+        for key in ("auc", "auc_maskable", "auc_selected", "rtd_accuracy_replaced",
+                    "rtd_accuracy_original"):
             assert 0.0 <= evals[-1][key] <= 1.0, key
         assert 0 < evals[0]["train_seconds"] < evals[1]["train_seconds"]
         cfg = load_config(str(run / "config.yaml"))
@@ -180,7 +185,8 @@ def test_both_modes_are_scored_on_one_set_and_evaluate_agrees(tmp_path, tiny_dat
                                                                      ("joint", 30, "yes")]
     for row, run in zip(rows, (fast, joint)):
         last = _evals(run)[-1]
-        for key in ("auc", "auc_selected", "rtd_accuracy", "rtd_accuracy_replaced"):
+        for key in ("auc", "auc_maskable", "auc_selected", "rtd_accuracy",
+                    "rtd_accuracy_replaced"):
             assert row[key] == pytest.approx(last[key], abs=1e-6), key
         assert row["rtd_loss"] == pytest.approx(last["rtd_loss"], rel=1e-5)
 

@@ -342,8 +342,8 @@ def _judge_name(cfg: RunConfig, log) -> str | None:
         judge = cfg.generator.path
     if judge == evaluation.SELF:
         return judge
-    path = resolve_path(judge)
-    return str(path) if path.is_dir() else judge  # a folder, written absolute; else a hub id
+    path = resolve_path(judge).expanduser()
+    return str(path.resolve()) if path.is_dir() else judge  # a folder, absolute; or a hub id
 
 
 @torch.no_grad()

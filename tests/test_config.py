@@ -110,3 +110,17 @@ def test_cli_config_prints_resolved_and_rejects_typos():
     missing = subprocess.run([sys.executable, "-m", "fast_electra_ds", "config", "--config",
                               "nosuch"], capture_output=True, text=True)
     assert missing.returncode == 2 and "unknown recipe 'nosuch'" in missing.stderr
+
+
+def test_moved_eval_keys_say_where_they_went_and_eval_is_checked():
+    with pytest.raises(UserError, match="'train.eval_every' .* is now eval.every"):
+        load_config("tiny", ["train.eval_every=5"])
+    with pytest.raises(UserError, match="now eval.num_sequences"):
+        load_config("tiny", ["train.eval_batches=5"])
+    cfg = load_config("tiny", ["eval.judge=self", "eval.num_sequences=0", "eval.every=-1"])
+    with pytest.raises(UserError) as e:
+        cfg.validate(check_files=False)
+    for message in ("eval.judge=self means mode=electra's own generator",
+                    "eval.num_sequences must be >= 1", "eval.every must be >= 0"):
+        assert message in str(e.value)
+    load_config("tiny", ["mode=electra", "eval.judge=self"]).validate(check_files=False)

@@ -20,7 +20,7 @@ def test_every_uniform_code_is_strictly_inside_and_gives_finite_gumbel():
     codes = torch.arange(2**rng.UNIFORM_BITS, dtype=torch.int64)
     shift = 32 - rng.UNIFORM_BITS
     for low_bits in (0, (1 << shift) - 1):  # the bits below the code do not matter
-        u = rng.uniform_from_bits((codes << shift) | low_bits)
+        u = rng.uniform_from_bits(rng.to_bits((codes << shift) | low_bits))
         assert u.dtype == torch.float32
         assert (u > 0).all() and (u < 1).all()
         # exact: every code its own value, in order, at the spacing of the map
@@ -31,10 +31,36 @@ def test_every_uniform_code_is_strictly_inside_and_gives_finite_gumbel():
         assert -2.9 < g.min().item() < -2.8 and 16.6 < g.max().item() < 16.7
 
 
+def _mix32(x: int) -> int:
+    """The hash in plain Python integers: the specification the tensor code must meet."""
+    for _ in range(2):
+        x = ((x ^ (x >> 16)) * rng.MIX_MUL) & rng.M32
+    return x ^ (x >> 16)
+
+
+def _uniform_bits(seed: int, row: int, col: int) -> int:
+    s = _mix32((seed & rng.M32) ^ ((seed >> 32) & rng.M32))
+    key = _mix32(_mix32(((row >> 32) & rng.M32) ^ s) ^ (row & rng.M32))
+    return _mix32(_mix32(key ^ ((col * rng.COL_MUL) & rng.M32)))
+
+
+def test_the_int32_hash_is_the_uint32_hash():
+    """The tensors hold uint32 bit patterns in int32 (wrapping multiply, masked logical shift):
+    compared with plain integers on rows up to 2**63, odd sizes (vector tails) and all seeds."""
+    g = torch.Generator().manual_seed(0)
+    rows = torch.cat([torch.randint(0, 2**62, (37,), generator=g),
+                      torch.tensor([0, 1, 2**31, 2**32 - 1, 2**32, 2**63 - 1])])
+    cols = torch.tensor([0, 1, 2, 99, 2**15, 2**20 + 3, 30521])
+    for seed in (0, 1234, 2**32 + 5, 2**63 - 1, -7):
+        x = rng.row_keys(seed, rows)[:, None] ^ rng.to_bits((cols * rng.COL_MUL) & rng.M32)
+        got = rng.mix32(rng.mix32(x)).to(torch.int64) & rng.M32  # back to unsigned values
+        want = torch.tensor([[_uniform_bits(seed, r, c) for c in cols.tolist()]
+                             for r in rows.tolist()])
+        assert torch.equal(got, want), seed
+
+
 def test_the_known_bad_slot_has_finite_noise():
-    x = rng.mix32(rng.mix32(rng.row_keys(BAD_SEED, torch.tensor([BAD_ROW]))
-                            ^ ((BAD_COL * rng.COL_MUL) & rng.M32)))
-    assert x.item() >> 8 == 2**24 - 1  # really the counter this test is about
+    assert _uniform_bits(BAD_SEED, BAD_ROW, BAD_COL) >> 8 == 2**24 - 1  # really that counter
     g = rng.gumbel_noise(BAD_SEED, torch.tensor([BAD_ROW]), 4096)
     assert torch.isfinite(g).all()
 

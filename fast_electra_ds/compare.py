@@ -98,9 +98,10 @@ def describe_set(record: dict | None) -> str:
     if "judge_mlm_accuracy" in stats:
         quality = (f"; the judge's MLM accuracy {stats['judge_mlm_accuracy']:.3f}, entropy "
                    f"{stats['judge_gen_entropy']:.2f} nats")
-    return (f"judge {record['judge']} at T = {record['judge_temperature']:g} on "
-            f"{record['num_sequences']} held-out sequences, eval seed {record['seed']} "
-            f"(eval set {record['key']}{quality})")
+    what = (f"judge {record['judge']} at T = {record['judge_temperature']:g}"
+            if record.get("judge_fingerprint", True) else "masks only (no judge)")
+    return (f"{what} on {record['num_sequences']} held-out sequences, eval seed "
+            f"{record['seed']} (eval set {record['key']}{quality})")
 
 
 def table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
@@ -164,7 +165,8 @@ def plot_curves(runs: Sequence[dict], path: str | Path, *, title: str = "") -> s
     fig, axes = plt.subplots(1, len(axes_of), figsize=(15, 4.2), sharey=True)
     for run in runs:
         points = [r for r in run["evals"] if r.get("auc") is not None]
-        label = f"{run['name']} ({run['config']['mode']})"
+        name, mode = run["name"], run["config"]["mode"]
+        label = name if name == mode else f"{name} ({mode})"
         for ax, (key, _) in zip(axes, axes_of):
             ax.plot([r[key] for r in points], [r["auc"] for r in points], "o-", label=label)
     for ax, (_, name) in zip(axes, axes_of):

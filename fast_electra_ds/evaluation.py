@@ -69,8 +69,10 @@ class EvalSpec:
                                digest_size=8).hexdigest()
 
     def describe(self) -> str:
-        return (f"judge {self.judge} at T = {JUDGE_TEMPERATURE:g}, {self.num_sequences} valid "
-                f"sequences, seed {self.seed} (eval set {self.key})")
+        what = (f"judge {self.judge} at T = {JUDGE_TEMPERATURE:g}" if self.judge_fingerprint
+                else "masks only (no judge)")
+        return (f"{what}, {self.num_sequences} valid sequences, seed {self.seed} "
+                f"(eval set {self.key})")
 
 
 @dataclass
@@ -146,7 +148,9 @@ def build_eval_set(paths: Sequence[str], data_info: DataInfo, *, judge: nn.Modul
     """This rank's shard of the evaluation set. `judge` None: the masks only (mode=mlm, or
     judge=self, whose samples are drawn at each evaluation)."""
     device = torch.device(device)
-    available = sum(data_info.num_sequences)
+    dataset = packed_sequences(list(paths), split="valid", seq_len=data_info.seq_len, seed=seed,
+                               weights=list(weights) or None)
+    available = sum(len(reader) for reader in dataset.readers)
     n = min(num_sequences, available)
     if n < num_sequences:
         logger(f"eval: the valid split holds {available} sequences, fewer than "
@@ -169,8 +173,6 @@ def build_eval_set(paths: Sequence[str], data_info: DataInfo, *, judge: nn.Modul
     pad_with = ids[-1] if len(ids) else n - 1
     ids = np.concatenate([ids, np.full(per_rank - len(ids), pad_with, dtype=np.int64)])
 
-    dataset = packed_sequences(list(paths), split="valid", seq_len=data_info.seq_len, seed=seed,
-                               weights=list(weights) or None)
     masker = Masker(seq_len=data_info.seq_len, vocab_size=data_info.vocab_size,
                     mask_id=data_info.special_token_ids["mask"],
                     special_ids=data_info.special_ids, mask_prob=mask_prob,

@@ -312,7 +312,7 @@ def _build_eval_set(cfg: RunConfig, env: DistEnv, data_info: DataInfo, log) -> E
         judge, fingerprint = evaluation.load_judge(judge_name, data_info, device=env.device,
                                                    logger=log)
     eval_set = evaluation.build_eval_set(
-        cfg.data.paths, data_info, judge=judge, judge_name=judge_name or "none (masks only)",
+        cfg.data.paths, data_info, judge=judge, judge_name=judge_name or "",
         judge_fingerprint=fingerprint, num_sequences=cfg.eval.num_sequences, seed=cfg.eval.seed,
         mask_prob=cfg.masking.mask_prob, masking_style=cfg.masking.style,
         weights=cfg.data.weights, rank=env.rank, world_size=env.world_size, device=env.device,

@@ -58,6 +58,16 @@ def test_the_set_is_the_same_whatever_the_rank_layout(tiny_dataset, judge):
                                       "judge_replace_rate"}
 
 
+def test_a_small_valid_split_is_used_whole_and_said_so(tiny_dataset, judge):
+    import json as json_
+
+    valid = json_.loads((tiny_dataset / "manifest.json").read_text())["splits"]["valid"]
+    messages = []
+    whole = _build(tiny_dataset, None, judge[1], num_sequences=10**6, logger=messages.append)
+    assert whole.spec.num_sequences == valid["num_sequences"] == len(whole.keep)
+    assert f"the valid split holds {valid['num_sequences']} sequences" in messages[0]
+
+
 def test_the_key_follows_the_judges_weights_not_its_path(tmp_path, tiny_dataset,
                                                         tiny_generator, judge):
     info = _info(tiny_dataset)

@@ -486,7 +486,7 @@ def _check_tokenizer(source: str, *, vocab_size: int, special_ids: Mapping[str, 
     if problems:
         raise UserError(f"{what}: {source} was trained with another tokenizer than the "
                         "data: " + "; ".join(problems) + ". Prepare the data with the "
-                        f"generator's tokenizer, or use a generator trained on this tokenizer")
+                        "model's tokenizer, or use a model trained with this tokenizer")
 
 
 def _load_frozen(source: str, what: str = "generator.path") -> nn.Module:

@@ -34,9 +34,9 @@ from fast_electra_ds.ds_config import (load_ds_config, precision, resolve_ds_con
                                        write_resolved, zero_stage)
 from fast_electra_ds.engine import DistEnv, build_engine, init_distributed
 from fast_electra_ds.errors import UserError
-from fast_electra_ds.fused import resolve_kernels
 from fast_electra_ds.evaluation import EvalSet
 from fast_electra_ds.flops import Encoder, run_step_flops
+from fast_electra_ds.fused import resolve_kernels
 from fast_electra_ds.generator import FrozenGenerator, corrupt
 from fast_electra_ds.logger import MetricsLogger
 from fast_electra_ds.masking import MaskedBatch, Masker

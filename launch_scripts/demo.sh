@@ -19,13 +19,13 @@ start=$SECONDS
 if [ ! -d "$DEMO_DIR/tokenizer" ]; then
   "${FE[@]}" train-tokenizer --input corpus/kjv.txt --vocab-size 4096 --output "$DEMO_DIR/tokenizer"
 fi
-if [ ! -d "$DEMO_DIR/data16" ]; then
-  "${FE[@]}" prepare-data --input corpus/kjv.txt --tokenizer "$DEMO_DIR/tokenizer" --seq-len 16 \
-    --valid-fraction 0.02 --config demo --output "$DEMO_DIR/data16"
+if [ ! -d "$DEMO_DIR/data64" ]; then
+  "${FE[@]}" prepare-data --input corpus/kjv.txt --tokenizer "$DEMO_DIR/tokenizer" --seq-len 64 \
+    --valid-fraction 0.05 --config demo --output "$DEMO_DIR/data64"
 fi
 rm -rf "$DEMO_DIR/mlm" "$DEMO_DIR/fast-electra" "$DEMO_DIR/electra"
 generator="$DEMO_DIR/mlm/generator"
-common=(data.paths="$DEMO_DIR/data16" device=cpu checkpoint.resume=none)
+common=(data.paths="$DEMO_DIR/data64" device=cpu checkpoint.resume=none)
 
 echo "== 3/6 generator (mode=mlm), also the judge of both runs"
 "${FE[@]}" pretrain --config demo mode=mlm run_dir="$DEMO_DIR/mlm" train.steps=500 eval.every=500 \

@@ -767,7 +767,7 @@ def memory_section(rep: Report, measured: dict, spec: Spec, precision: str) -> d
            "parameters exclude them. The frozen generator (fp16): its weights, embeddings "
            "included, which is all the paper's table counts. While it runs it needs a "
            "transient (its forward's largest live tensors, then the [B, K, V] logits and the "
-           "sampler's fp32 and int64 chunks; breakdown below), freed before the "
+           "sampler's fp32 and int32 chunks; breakdown below), freed before the "
            "discriminator's forward: "
            "it adds to the step's peak only what exceeds the discriminator's activations "
            "(`flops.peak_bytes`). Totals are the step's peak.", ""]
@@ -1031,7 +1031,7 @@ def targets_section(rep: Report, compute: dict, memory: dict, timing: dict,
     sampler = (f"of the frozen generator's time, sampling took {1000 * t['sampling_s']:,.1f} ms "
                f"and its forward {1000 * t['forward_s']:,.1f} ms")
     if t["sampling_s"] > t["forward_s"]:
-        sampler += (": the counter-based Gumbel noise (rng.py, int64 hashing of every slot x "
+        sampler += (": the counter-based Gumbel noise (rng.py, a 32-bit hash of every slot x "
                     "vocabulary pair) is most of the auxiliary cost on this device, not the "
                     "generator")
     row(f"step time fast/joint ({spec.recipe}, {spec.device})", t["fast_joint"],

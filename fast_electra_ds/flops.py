@@ -285,11 +285,11 @@ def inference_peak_bytes(enc: Encoder, *, batch: int, seq_len: int, head_positio
     live at a time): the residual stream, Q/K/V/context (4 [b, s, h]) and the FFN's [b, s, F],
     the attention probabilities [b, a, s, s], then the [b, K, V] logits plus the eager sampler's
     scratch on chunks of at most 2^25 elements: logits / T, noise and softmax in fp32 and the
-    counter-based hash's int64 temporaries (rng.py; about three alive at once)."""
+    counter-based hash's int32 temporaries (rng.py; about three alive at once)."""
     s, b, h = seq_len, batch, enc.hidden_size
     layer = e * s * b * (5 * h + enc.intermediate_size) + e * b * enc.num_heads * s * s
     logits = b * head_positions * vocab_size
-    sampler = (3 * 4 + 3 * 8) * min(logits, _SAMPLE_CHUNK_ELEMENTS)
+    sampler = (3 * 4 + 3 * 4) * min(logits, _SAMPLE_CHUNK_ELEMENTS)
     return max(layer, e * logits + sampler)
 
 

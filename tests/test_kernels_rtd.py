@@ -7,7 +7,10 @@ and `pytest -m gpu` adds a realistic-size check.
 Tolerances (both paths compute in fp32 from the same input values and differ only in summation
 order; gradients are then rounded to the parameter's dtype):
   loss                     rtol 1e-5, atol 1e-6 for every input dtype
-  dx, dw, db in fp32       rtol 1e-5, atol 1e-7
+  dx, dw, db in fp32       rtol 1e-5, atol 1e-6  (dw, db sum 40-100 fp32 terms of either sign,
+                           in another order in each path: on gradients of size ~0.05 (loss
+                           weight 50) that is up to ~1e-6, e.g. 9.7e-7 measured on an AMD EPYC,
+                           whose reference matmul reduces in another order than an Intel Xeon's)
   dx, dw, db in fp16       rtol 1e-3, atol 1e-5  (one fp16 rounding, 2**-11 relative)
   dx, dw, db in bf16       rtol 1e-2, atol 1e-5  (one bf16 rounding, 2**-8 relative)
   counts                   exact (inputs keep every logit at least 1e-3 away from 0)
@@ -33,7 +36,7 @@ from fast_electra_kernels.testing import (  # noqa: E402, F401 (a test pytest co
 
 
 GRAD_TOL = {
-    torch.float32: dict(rtol=1e-5, atol=1e-7),
+    torch.float32: dict(rtol=1e-5, atol=1e-6),
     torch.float16: dict(rtol=1e-3, atol=1e-5),
     torch.bfloat16: dict(rtol=1e-2, atol=1e-5),
 }

@@ -20,6 +20,7 @@ import functools
 import inspect
 import os
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -344,7 +345,10 @@ def load_config(recipe: str | None, overrides: list[str] = ()) -> RunConfig:
         if not isinstance(data, dict):
             raise UserError(f"{path} must hold a mapping of config keys, got {type(data).__name__}")
         for key, value in flatten(data).items():
-            _set(cfg, key, value, source=str(path))
+            if key in _MOVED:
+                _moved_in_file(key, value, cfg, source=str(path))
+            else:
+                _set(cfg, key, value, source=str(path))
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -392,14 +396,25 @@ def _set(cfg: RunConfig, key: str, value: Any, source: str) -> None:
     setattr(obj, parts[-1], _coerce(value, typ, key, source))
 
 
-# Keys that moved to another section, so that an old recipe gets told where they went.
-_MOVED = {"train.eval_every": "eval.every",
-          "train.eval_batches": "eval.num_sequences (now counted in sequences, not batches)"}
+# Keys that moved: old key -> (new key or None when the value does not carry over, what to say).
+# A file (a recipe, or the config.yaml of a run made before the move) still loads, with a
+# warning; on the command line the old key is an error that names the new one.
+_MOVED = {"train.eval_every": ("eval.every", "eval.every"),
+          "train.eval_batches": (None, "eval.num_sequences (now counted in sequences, not "
+                                       "batches)")}
+
+
+def _moved_in_file(key: str, value: Any, cfg: RunConfig, source: str) -> None:
+    new_key, name = _MOVED[key]
+    kept = f"; its value {value!r} is used" if new_key else "; its value is ignored"
+    warnings.warn(f"config key {key!r} ({source}) is now {name}{kept}", stacklevel=3)
+    if new_key:
+        _set(cfg, new_key, value, source=source)
 
 
 def _unknown_key(key: str, source: str) -> typing.NoReturn:
     if key in _MOVED:
-        raise UserError(f"config key {key!r} ({source}) is now {_MOVED[key]}")
+        raise UserError(f"config key {key!r} ({source}) is now {_MOVED[key][1]}")
     valid = list(field_docs())
     close = difflib.get_close_matches(key, valid, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""

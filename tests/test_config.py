@@ -124,3 +124,18 @@ def test_moved_eval_keys_say_where_they_went_and_eval_is_checked():
                     "eval.num_sequences must be >= 1", "eval.every must be >= 0"):
         assert message in str(e.value)
     load_config("tiny", ["mode=electra", "eval.judge=self"]).validate(check_files=False)
+
+
+def test_a_run_config_from_before_the_move_still_loads(tmp_path):
+    """export / evaluate read RUN_DIR/config.yaml of runs made before eval.* existed."""
+    old = load_config("tiny").to_dict()
+    del old["eval"]
+    old["train"].update(eval_every=123, eval_batches=7)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(old))
+    with pytest.warns(UserWarning) as caught:
+        cfg = load_config(str(path))
+    assert cfg.eval.every == 123 and cfg.eval.num_sequences == 1024  # the default
+    messages = " ".join(str(w.message) for w in caught)
+    assert "is now eval.every; its value 123 is used" in messages
+    assert "is now eval.num_sequences" in messages and "its value is ignored" in messages

@@ -251,9 +251,10 @@ def build_mode(name: str, spec: Spec, env, generator_dir: Path) -> Mode:
 
             def forward(b: MaskedBatch) -> dict:
                 return engine(input_ids=b.input_ids, masked_ids=b.masked_ids,
-                              attention_mask=b.attention_mask, positions=b.positions,
-                              labels=b.labels, weights=b.weights, sample_ids=b.sample_ids,
-                              temperature=cfg.temperature.joint_t, seed=cfg.seed)
+                              attention_mask=b.attention_mask, token_type_ids=b.token_type_ids,
+                              positions=b.positions, labels=b.labels, weights=b.weights,
+                              sample_ids=b.sample_ids, temperature=cfg.temperature.joint_t,
+                              seed=cfg.seed)
         else:
             from electra_pytorch import Electra
 
@@ -281,7 +282,7 @@ def build_mode(name: str, spec: Spec, env, generator_dir: Path) -> Mode:
 
     def train_disc(b: MaskedBatch, corrupted: torch.Tensor, rtd_labels: torch.Tensor) -> None:
         out = engine(corrupted_ids=corrupted, attention_mask=b.attention_mask,
-                     rtd_labels=rtd_labels)
+                     rtd_labels=rtd_labels, token_type_ids=b.token_type_ids)
         _train_step(engine, out["loss"])
 
     frozen = None

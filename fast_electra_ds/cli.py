@@ -48,6 +48,7 @@ def _prepare_data(args: argparse.Namespace) -> None:
     for split, stats in manifest["splits"].items():
         print(f"{split}: {stats['num_sequences']} sequences, {stats['num_tokens']} tokens, "
               f"{stats['num_documents']} documents")
+    print(f"held out for valid: {manifest['valid_held_out']}")
     print(f"dataset written to {args.output}")
 
 

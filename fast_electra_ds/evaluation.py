@@ -218,7 +218,8 @@ def score_discriminator(discriminator: nn.Module, eval_set: EvalSet, *,
     sequences get shorter) and over the selected positions only (`auc_selected`: replaced
     against sampled-as-the-original). Collective over ranks when a process group runs.
 
-    discriminator: (input_ids, attention_mask) -> .logits [B, L] (an ElectraForPreTraining).
+    discriminator: (input_ids, attention_mask, token_type_ids) -> .logits [B, L] (an
+    ElectraForPreTraining).
     corrupt_fn: for judge=self, the batch -> (corrupted_ids, rtd_labels) of the run's generator.
     """
     device = torch.device(device)
@@ -231,8 +232,8 @@ def score_discriminator(discriminator: nn.Module, eval_set: EvalSet, *,
             labels = eval_set.rtd_labels[rows].to(device)  # [b, L]
         else:
             corrupted, labels = corrupt_fn(chunk)
-        logits = discriminator(input_ids=corrupted,
-                               attention_mask=chunk.attention_mask).logits.float()  # [b, L]
+        logits = discriminator(input_ids=corrupted, attention_mask=chunk.attention_mask,
+                               token_type_ids=chunk.token_type_ids).logits.float()  # [b, L]
         counted = chunk.attention_mask * eval_set.keep[rows].to(device)[:, None]  # [b, L]
         _, counts = rtd_loss(logits, labels, counted)
         sums.append(counts)
@@ -257,7 +258,7 @@ def score_masked_lm(model: nn.Module, eval_set: EvalSet, *, device: torch.device
     for _, chunk in eval_set.chunks(batch_size):
         chunk = chunk.to(device)
         logits = gen.masked_logits(model, chunk.masked_ids, chunk.attention_mask,
-                                   chunk.positions)  # [b, K, V]
+                                   chunk.positions, chunk.token_type_ids)  # [b, K, V]
         sums.append(mlm_loss(logits, chunk.labels, chunk.weights)[1])
     return reduce_metrics(sums)
 

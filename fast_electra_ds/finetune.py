@@ -5,12 +5,14 @@
 
 The recipe (Clark et al. 2020, Table 7): AdamW (beta 0.9/0.999, eps 1e-6), linear warmup over the
 first 10% of the steps then linear decay to 0, batch 32, max length 128, 3 epochs (10 for RTE and
-STS-B), and layer-wise learning-rate decay: the classifier head and the top encoder layer get the
-full learning rate, each layer below 0.8 times the one above, the embeddings the lowest
-(lr * 0.8^num_layers). (ELECTRA's own code puts the top layer one step lower than the head,
-at 0.8^2.) Weight decay applies to matrices only, not to biases and LayerNorm. The score of a
-seed is the dev score after the last epoch; seeds vary the head's initialization, dropout and
-the data order, and the median over seeds is what gets reported.
+STS-B), and layer-wise learning-rate decay as ELECTRA's `_get_layer_lrs` (model/optimization.py):
+depth L + 2 for the classifier head, i + 1 for encoder layer i (0-based, L layers), 0 for the
+embeddings and their projection, and lr * decay^(L + 2 - depth), i.e. the head at the full rate,
+the top layer at decay^2, the embeddings at decay^(L + 2). Sentence pairs are encoded as
+[CLS] A [SEP] B [SEP] with token type 1 on B, the segment embedding pretraining trains. Weight
+decay applies to matrices only, not to biases and LayerNorm. The score of a seed is the dev score
+after the last epoch; seeds vary the head's initialization, dropout and the data order, and the
+median over seeds is what gets reported.
 
 A plain torch loop, one device: CPU for tiny models and tests, one GPU (bf16 autocast) for real
 ones.
@@ -74,17 +76,18 @@ def finetune(cfg: FinetuneConfig, *, overwrite: bool = False, log=print) -> dict
         if ex.num_skipped:
             log(f"{task.name} {split}: skipped {ex.num_skipped} line(s) with too few columns")
     tokenizer = _tokenizer(cfg.model)
-    train_ids = _encode(tokenizer, train, cfg.max_seq_len)
-    dev_ids = _encode(tokenizer, dev, cfg.max_seq_len)
+    train_enc = _encode(tokenizer, train, cfg.max_seq_len)
+    dev_enc = _encode(tokenizer, dev, cfg.max_seq_len)
     epochs = cfg.epochs if cfg.epochs is not None else task.epochs
-    log(f"{task.name}: {len(train_ids)} train / {len(dev_ids)} dev examples, {epochs:g} epochs, "
+    log(f"{task.name}: {len(train_enc[0])} train / {len(dev_enc[0])} dev examples, "
+        f"{epochs:g} epochs, "
         f"lr {cfg.lr:g}, layer decay {cfg.layer_decay:g}, batch {cfg.batch_size}, "
         f"seeds {list(cfg.seeds)}, device {device.type}")
 
     per_seed: dict[str, dict[str, float | None]] = {}
     for seed in cfg.seeds:
         start = time.perf_counter()
-        metrics = _run_seed(cfg, task, tokenizer, train_ids, train.labels, dev_ids, dev.labels,
+        metrics = _run_seed(cfg, task, tokenizer, train_enc, train.labels, dev_enc, dev.labels,
                             seed=seed, epochs=epochs, device=device)
         metrics["train_time_s"] = time.perf_counter() - start
         per_seed[str(seed)] = metrics
@@ -94,7 +97,7 @@ def finetune(cfg: FinetuneConfig, *, overwrite: bool = False, log=print) -> dict
     results = {
         "task": task.name, "model": str(Path(cfg.model).resolve()),
         "main_metric": task.metrics[0], "median": median, "per_seed": per_seed,
-        "num_train": len(train_ids), "num_dev": len(dev_ids),
+        "num_train": len(train_enc[0]), "num_dev": len(dev_enc[0]),
         "config": {**asdict(cfg), "epochs": epochs, "seeds": list(cfg.seeds),
                    "device": device.type},
     }
@@ -147,31 +150,42 @@ def _tokenizer(model_dir: str):
                         f"export` writes the data's tokenizer next to the model") from None
 
 
-def _encode(tokenizer, examples: Examples, max_seq_len: int) -> list[list[int]]:
+Encoded = tuple[list[list[int]], list[list[int]]]  # input ids, token type ids per example
+
+
+def _encode(tokenizer, examples: Examples, max_seq_len: int) -> Encoded:
+    """Token ids and token types: a pair is [CLS] A [SEP] B [SEP], types 1 on B [SEP] (zeros
+    where the tokenizer has no token types, as RoBERTa's)."""
     columns = list(zip(*examples.texts))  # one list per text column
     enc = tokenizer(*columns, truncation=True, max_length=max_seq_len)
-    return enc["input_ids"]
+    types = enc.get("token_type_ids") or [[0] * len(ids) for ids in enc["input_ids"]]
+    return enc["input_ids"], types
 
 
-def _batches(ids: list[list[int]], labels: np.ndarray, batch_size: int, pad_id: int,
+def _batches(encoded: Encoded, labels: np.ndarray, batch_size: int, pad_id: int,
              order: np.ndarray):
-    """Padded batches in `order`: input_ids/attention_mask [B, longest in batch], labels [B]."""
+    """Padded batches in `order`: input_ids / attention_mask / token_type_ids [B, longest in
+    batch], labels [B]."""
+    ids, types = encoded
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         longest = max(len(ids[i]) for i in idx)
         input_ids = torch.full((len(idx), longest), pad_id, dtype=torch.long)
         mask = torch.zeros((len(idx), longest), dtype=torch.long)
+        token_types = torch.zeros((len(idx), longest), dtype=torch.long)
         for row, i in enumerate(idx):
             input_ids[row, :len(ids[i])] = torch.tensor(ids[i])
             mask[row, :len(ids[i])] = 1
-        yield input_ids, mask, torch.from_numpy(labels[idx])
+            token_types[row, :len(ids[i])] = torch.tensor(types[i])
+        yield input_ids, mask, token_types, torch.from_numpy(labels[idx])
 
 
 def layerwise_param_groups(model: torch.nn.Module, *, lr: float, layer_decay: float,
                            weight_decay: float) -> list[dict]:
-    """AdamW groups with layer-wise LR decay: parameters in `...layer.<i>.` of an encoder with
-    L layers get lr * decay^(L-1-i), those with "embeddings" in their name lr * decay^L, the
-    rest (the classifier head, a pooler) the full lr. Biases and norms get no weight decay."""
+    """AdamW groups with ELECTRA's layer-wise LR decay (`_get_layer_lrs`): with L encoder
+    layers, depth 0 for the embeddings (names with "embeddings", the projection included),
+    i + 1 for parameters in `...layer.<i>.`, L + 2 for the rest (the classifier head), and
+    lr * decay^(L + 2 - depth). Biases and norms get no weight decay."""
     num_layers = model.config.num_hidden_layers
     groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
     for name, param in model.named_parameters():
@@ -179,16 +193,24 @@ def layerwise_param_groups(model: torch.nn.Module, *, lr: float, layer_decay: fl
             continue
         layer = re.search(r"\.layers?\.(\d+)\.", name)
         if layer:
-            depth = num_layers - 1 - int(layer.group(1))
+            depth = int(layer.group(1)) + 1
         elif "embeddings" in name:
-            depth = num_layers
-        else:
             depth = 0
+        else:
+            depth = num_layers + 2
         no_decay = name.endswith("bias") or "norm" in name.lower()
-        key = (lr * layer_decay ** depth, 0.0 if no_decay else weight_decay)
+        key = (lr * layer_decay ** (num_layers + 2 - depth), 0.0 if no_decay else weight_decay)
         groups.setdefault(key, []).append(param)
     return [{"params": params, "lr": group_lr, "weight_decay": wd}
             for (group_lr, wd), params in sorted(groups.items(), key=lambda kv: -kv[0][0])]
+
+
+def _segments(model: torch.nn.Module, token_type_ids: torch.Tensor) -> dict:
+    """{"token_type_ids": ...} for a model with segment embeddings (not RoBERTa's single type,
+    not DistilBERT's none)."""
+    if getattr(model.config, "type_vocab_size", 0) < 2:
+        return {}
+    return {"token_type_ids": token_type_ids}
 
 
 def _seed_everything(seed: int) -> None:
@@ -197,7 +219,7 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _run_seed(cfg: FinetuneConfig, task: Task, tokenizer, train_ids, train_labels, dev_ids,
+def _run_seed(cfg: FinetuneConfig, task: Task, tokenizer, train_enc, train_labels, dev_enc,
               dev_labels, *, seed: int, epochs: float, device: torch.device) -> dict[str, float]:
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
@@ -214,7 +236,7 @@ def _run_seed(cfg: FinetuneConfig, task: Task, tokenizer, train_ids, train_label
         layerwise_param_groups(model, lr=cfg.lr, layer_decay=cfg.layer_decay,
                                weight_decay=cfg.weight_decay),
         betas=(0.9, 0.999), eps=1e-6)
-    steps_per_epoch = math.ceil(len(train_ids) / cfg.batch_size)
+    steps_per_epoch = math.ceil(len(train_enc[0]) / cfg.batch_size)
     total_steps = max(1, math.ceil(steps_per_epoch * epochs))
     warmup_steps = math.ceil(cfg.warmup_fraction * total_steps)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -227,11 +249,12 @@ def _run_seed(cfg: FinetuneConfig, task: Task, tokenizer, train_ids, train_label
     model.train()
     step = 0
     while step < total_steps:
-        order = rng.permutation(len(train_ids))
-        for input_ids, mask, labels in _batches(train_ids, train_labels, cfg.batch_size, pad_id,
-                                                order):
+        order = rng.permutation(len(train_enc[0]))
+        for input_ids, mask, types, labels in _batches(train_enc, train_labels, cfg.batch_size,
+                                                       pad_id, order):
             with autocast:
                 loss = model(input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                             **_segments(model, types.to(device)),
                              labels=labels.to(device)).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -245,9 +268,10 @@ def _run_seed(cfg: FinetuneConfig, task: Task, tokenizer, train_ids, train_label
     model.eval()
     preds = []
     with torch.no_grad(), autocast:
-        for input_ids, mask, _ in _batches(dev_ids, dev_labels, 2 * cfg.batch_size, pad_id,
-                                           np.arange(len(dev_ids))):
-            logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
+        for input_ids, mask, types, _ in _batches(dev_enc, dev_labels, 2 * cfg.batch_size,
+                                                  pad_id, np.arange(len(dev_enc[0]))):
+            logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                           **_segments(model, types.to(device))).logits
             logits = logits.float().cpu()  # [B, num_labels]
             preds.append(logits[:, 0] if task.labels is None else logits.argmax(-1))
     metrics = compute_metrics(task, torch.cat(preds).numpy(), dev_labels)

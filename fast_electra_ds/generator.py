@@ -118,17 +118,29 @@ def output_projection(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     return decoder.weight, bias
 
 
+def segment_kwargs(model: nn.Module, token_type_ids: torch.Tensor | None) -> dict:
+    """{"token_type_ids": ...} for a model with segment embeddings, else {}: RoBERTa-style
+    masked LMs have one token type (type_vocab_size 1), DistilBERT none, and a type-1 id would
+    index past their table."""
+    if token_type_ids is None or getattr(unwrap(model).config, "type_vocab_size", 0) < 2:
+        return {}
+    return {"token_type_ids": token_type_ids}
+
+
 def masked_hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                  positions: torch.Tensor) -> torch.Tensor:
+                  positions: torch.Tensor, token_type_ids: torch.Tensor | None = None
+                  ) -> torch.Tensor:
     """[B, K, E] decoder inputs at `positions` [B, K]: encoder, gather, head transform."""
     head = _require_head(model)
-    hidden = head.encoder(input_ids=input_ids, attention_mask=attention_mask)[0]  # [B, L, H]
+    hidden = head.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                          **segment_kwargs(model, token_type_ids))[0]  # [B, L, H]
     index = positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])  # [B, K, H]
     return head.transform(torch.gather(hidden, 1, index))  # [B, K, E]
 
 
 def masked_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                  positions: torch.Tensor) -> torch.Tensor:
+                  positions: torch.Tensor, token_type_ids: torch.Tensor | None = None
+                  ) -> torch.Tensor:
     """[B, K, V] logits of a masked LM at `positions` [B, K], in the model's dtype.
 
     Supported architectures (see `mlm_head`) run the vocabulary projection on the K selected
@@ -138,13 +150,15 @@ def masked_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     if head is not None:
         # the decoder is called as a module, not as F.linear on its weight: under ZeRO-3 (the
         # trained generator of mode=electra/mlm) a module call is what gathers its parameters
-        return head.decoder(masked_hidden(model, input_ids, attention_mask, positions))
+        return head.decoder(masked_hidden(model, input_ids, attention_mask, positions,
+                                          token_type_ids))
     name = type(unwrap(model)).__name__
     if name not in _fallback_warned:
         _fallback_warned.add(name)
         _log.warning("%s: no masked-only head path; computing logits at every position, then "
                      "gathering (slower, same result)", name)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # [B, L, V]
+    logits = model(input_ids=input_ids, attention_mask=attention_mask,
+                   **segment_kwargs(model, token_type_ids)).logits  # [B, L, V]
     index = positions.unsqueeze(-1).expand(-1, -1, logits.shape[-1])  # [B, K, V]
     return torch.gather(logits, 1, index)
 
@@ -256,8 +270,8 @@ def corrupt(model: nn.Module, batch: MaskedBatch, *, temperature: float, seed: i
     """
     if fused:
         return _corrupt_fused(model, batch, temperature=temperature, seed=seed)
-    logits = masked_logits(model, batch.masked_ids, batch.attention_mask,
-                           batch.positions)  # [B, K, V]
+    logits = masked_logits(model, batch.masked_ids, batch.attention_mask, batch.positions,
+                           batch.token_type_ids)  # [B, K, V]
     corrupted, rtd_labels, metrics = corrupt_from_logits(
         logits, input_ids=batch.input_ids, positions=batch.positions, weights=batch.weights,
         sample_ids=batch.sample_ids, temperature=temperature, seed=seed)
@@ -273,7 +287,8 @@ def _corrupt_fused(model: nn.Module, batch: MaskedBatch, *, temperature: float,
     replace_at_positions and left out of the metrics.
     """
     assert temperature > 0, temperature
-    h = masked_hidden(model, batch.masked_ids, batch.attention_mask, batch.positions)  # [B, K, E]
+    h = masked_hidden(model, batch.masked_ids, batch.attention_mask, batch.positions,
+                      batch.token_type_ids)  # [B, K, E]
     b, k, e = h.shape
     weight, bias = output_projection(model)  # [V, E], [V]
     out = fused.sample(h.reshape(b * k, e), weight, bias, temperature=temperature, seed=seed,

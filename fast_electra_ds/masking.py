@@ -51,6 +51,7 @@ class MaskedBatch:
 
     input_ids: torch.Tensor  # [B, L] int64, the original tokens, padded with [PAD]
     attention_mask: torch.Tensor  # [B, L] int64, 1 on tokens (incl. [CLS]/[SEP]), 0 on padding
+    token_type_ids: torch.Tensor  # [B, L] int64, 0 up to the first [SEP], 1 after (segment B)
     masked_ids: torch.Tensor  # [B, L] int64, input_ids with the selected positions corrupted
     positions: torch.Tensor  # [B, K] int64, selected positions (0 in unused slots)
     labels: torch.Tensor  # [B, K] int64, original tokens at `positions`
@@ -83,7 +84,9 @@ class Masker:
         self.random_pool = torch.nonzero(~special).squeeze(1)  # [V'] ids a random draw may give
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 sample_ids: torch.Tensor) -> MaskedBatch:
+                 sample_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None
+                 ) -> MaskedBatch:
+        """token_type_ids [B, L] pass through unchanged (default: all 0, one segment)."""
         b, length = input_ids.shape  # [B, L]
         assert length == self.seq_len, (length, self.seq_len)
         k = self.k
@@ -109,6 +112,9 @@ class Masker:
             positions[row, :count] = chosen
             weights[row, :count] = 1.0
         labels = torch.gather(input_ids, 1, positions)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
         return MaskedBatch(input_ids=input_ids, attention_mask=attention_mask,
+                           token_type_ids=token_type_ids,
                            masked_ids=masked_ids, positions=positions, labels=labels,
                            weights=weights, sample_ids=sample_ids)

@@ -110,14 +110,17 @@ def _loss_metrics(loss: torch.Tensor) -> dict:
 
 
 def _rtd_outputs(discriminator: nn.Module, corrupted_ids: torch.Tensor,
-                 attention_mask: torch.Tensor, rtd_labels: torch.Tensor) -> dict:
-    logits = discriminator(input_ids=corrupted_ids, attention_mask=attention_mask).logits  # [B, L]
+                 attention_mask: torch.Tensor, rtd_labels: torch.Tensor,
+                 token_type_ids: torch.Tensor) -> dict:
+    logits = discriminator(input_ids=corrupted_ids, attention_mask=attention_mask,
+                           token_type_ids=token_type_ids).logits  # [B, L]
     loss, counts = rtd_loss(logits, rtd_labels, attention_mask)
     return {"loss": loss, "logits": logits, **counts}
 
 
 def _rtd_loss_fused(discriminator: nn.Module, corrupted_ids: torch.Tensor,
-                    attention_mask: torch.Tensor, rtd_labels: torch.Tensor) -> dict:
+                    attention_mask: torch.Tensor, rtd_labels: torch.Tensor,
+                    token_type_ids: torch.Tensor) -> dict:
     """`_rtd_outputs` without the logits, through the fused RTD kernel.
 
     The discriminator (an ElectraForPreTraining) runs up to the input of its final H -> 1
@@ -128,6 +131,7 @@ def _rtd_loss_fused(discriminator: nn.Module, corrupted_ids: torch.Tensor,
     module).
     """
     hidden = discriminator.electra(input_ids=corrupted_ids, attention_mask=attention_mask,
+                                   token_type_ids=token_type_ids,
                                    return_dict=True).last_hidden_state  # [B, L, H]
     head = discriminator.discriminator_predictions
     x = head.activation(head.dense(hidden))  # [B, L, H]
@@ -151,20 +155,22 @@ class FastElectraObjective(nn.Module):
         self.fused = fused
 
     def forward(self, corrupted_ids: torch.Tensor, attention_mask: torch.Tensor,
-                rtd_labels: torch.Tensor) -> dict:
+                rtd_labels: torch.Tensor, token_type_ids: torch.Tensor) -> dict:
         """corrupted_ids [B, L], attention_mask [B, L], rtd_labels [B, L] from
-        FrozenGenerator.corrupt."""
+        FrozenGenerator.corrupt; token_type_ids [B, L] the batch's segments."""
         if self.fused:
-            out = _rtd_loss_fused(self.discriminator, corrupted_ids, attention_mask, rtd_labels)
+            out = _rtd_loss_fused(self.discriminator, corrupted_ids, attention_mask, rtd_labels,
+                                  token_type_ids)
         else:
-            out = self.rtd_outputs(corrupted_ids, attention_mask, rtd_labels)
+            out = self.rtd_outputs(corrupted_ids, attention_mask, rtd_labels, token_type_ids)
             del out["logits"]  # not a summable metric; the engine's output stays small
         return {**out, **_loss_metrics(out["loss"])}
 
     def rtd_outputs(self, corrupted_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    rtd_labels: torch.Tensor) -> dict:
-        """{"loss": the RTD loss, "logits": [B, L], RTD counts}, e.g. for evaluation (AUC)."""
-        return _rtd_outputs(self.discriminator, corrupted_ids, attention_mask, rtd_labels)
+                    rtd_labels: torch.Tensor, token_type_ids: torch.Tensor) -> dict:
+        """{"loss": the RTD loss, "logits": [B, L], RTD counts}."""
+        return _rtd_outputs(self.discriminator, corrupted_ids, attention_mask, rtd_labels,
+                            token_type_ids)
 
 
 class ElectraObjective(nn.Module):
@@ -189,29 +195,31 @@ class ElectraObjective(nn.Module):
         self.fused = fused
 
     def forward(self, input_ids: torch.Tensor, masked_ids: torch.Tensor,
-                attention_mask: torch.Tensor, positions: torch.Tensor, labels: torch.Tensor,
-                weights: torch.Tensor, sample_ids: torch.Tensor, temperature: float,
-                seed: int) -> dict:
+                attention_mask: torch.Tensor, token_type_ids: torch.Tensor,
+                positions: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
+                sample_ids: torch.Tensor, temperature: float, seed: int) -> dict:
         """The fields of a MaskedBatch (all [B, L] or [B, K], sample_ids [B]), T and the seed."""
-        gen_logits = gen.masked_logits(self.generator, masked_ids, attention_mask,
-                                       positions)  # [B, K, V]
+        gen_logits = gen.masked_logits(self.generator, masked_ids, attention_mask, positions,
+                                       token_type_ids)  # [B, K, V]
         mlm, mlm_metrics = mlm_loss(gen_logits, labels, weights)
         corrupted_ids, rtd_labels, gen_metrics = gen.corrupt_from_logits(
             gen_logits.detach(), input_ids=input_ids, positions=positions, weights=weights,
             sample_ids=sample_ids, temperature=temperature, seed=seed)  # [B, L], [B, L]
         if self.fused:
             rtd_metrics = _rtd_loss_fused(self.discriminator, corrupted_ids, attention_mask,
-                                          rtd_labels)
+                                          rtd_labels, token_type_ids)
         else:
-            rtd_metrics = self.rtd_outputs(corrupted_ids, attention_mask, rtd_labels)
+            rtd_metrics = self.rtd_outputs(corrupted_ids, attention_mask, rtd_labels,
+                                           token_type_ids)
             del rtd_metrics["logits"]
         loss = mlm + self.rtd_weight * rtd_metrics.pop("loss")
         return {"loss": loss, **_loss_metrics(loss), **mlm_metrics, **gen_metrics, **rtd_metrics}
 
     def rtd_outputs(self, corrupted_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    rtd_labels: torch.Tensor) -> dict:
+                    rtd_labels: torch.Tensor, token_type_ids: torch.Tensor) -> dict:
         """The discriminator half alone (see FastElectraObjective.rtd_outputs)."""
-        return _rtd_outputs(self.discriminator, corrupted_ids, attention_mask, rtd_labels)
+        return _rtd_outputs(self.discriminator, corrupted_ids, attention_mask, rtd_labels,
+                            token_type_ids)
 
 
 class MLMObjective(nn.Module):
@@ -222,9 +230,10 @@ class MLMObjective(nn.Module):
         self.generator = generator
 
     def forward(self, masked_ids: torch.Tensor, attention_mask: torch.Tensor,
-                positions: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> dict:
-        logits = gen.masked_logits(self.generator, masked_ids, attention_mask,
-                                   positions)  # [B, K, V]
+                token_type_ids: torch.Tensor, positions: torch.Tensor, labels: torch.Tensor,
+                weights: torch.Tensor) -> dict:
+        logits = gen.masked_logits(self.generator, masked_ids, attention_mask, positions,
+                                   token_type_ids)  # [B, K, V]
         loss, metrics = mlm_loss(logits, labels, weights)
         return {"loss": loss, **_loss_metrics(loss), **metrics}
 

@@ -290,15 +290,16 @@ def _forward(engine, cfg: RunConfig, frozen: FrozenGenerator | None, batch: Mask
         corrupted, rtd_labels, gen_metrics = frozen.corrupt(batch, temperature=temp,
                                                             seed=cfg.seed)
         out = engine(corrupted_ids=corrupted, attention_mask=batch.attention_mask,
-                     rtd_labels=rtd_labels)
+                     rtd_labels=rtd_labels, token_type_ids=batch.token_type_ids)
         return {**out, **gen_metrics}
     if cfg.mode == "electra":
         return engine(input_ids=batch.input_ids, masked_ids=batch.masked_ids,
-                      attention_mask=batch.attention_mask, positions=batch.positions,
-                      labels=batch.labels, weights=batch.weights, sample_ids=batch.sample_ids,
-                      temperature=temp, seed=cfg.seed)
+                      attention_mask=batch.attention_mask, token_type_ids=batch.token_type_ids,
+                      positions=batch.positions, labels=batch.labels, weights=batch.weights,
+                      sample_ids=batch.sample_ids, temperature=temp, seed=cfg.seed)
     return engine(masked_ids=batch.masked_ids, attention_mask=batch.attention_mask,
-                  positions=batch.positions, labels=batch.labels, weights=batch.weights)
+                  token_type_ids=batch.token_type_ids, positions=batch.positions,
+                  labels=batch.labels, weights=batch.weights)
 
 
 def _build_eval_set(cfg: RunConfig, env: DistEnv, data_info: DataInfo, log) -> EvalSet:

@@ -121,9 +121,9 @@ def test_joint_step_flops():
 
     def step():
         out = module(input_ids=batch.input_ids, masked_ids=batch.masked_ids,
-                     attention_mask=batch.attention_mask, positions=batch.positions,
-                     labels=batch.labels, weights=batch.weights, sample_ids=batch.sample_ids,
-                     temperature=1.0, seed=0)
+                     attention_mask=batch.attention_mask, token_type_ids=batch.token_type_ids,
+                     positions=batch.positions, labels=batch.labels, weights=batch.weights,
+                     sample_ids=batch.sample_ids, temperature=1.0, seed=0)
         out["loss"].backward()
 
     analytic = flops.step_flops("electra", DISC, GEN, seq_len=SEQ_LEN, vocab_size=VOCAB)

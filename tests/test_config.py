@@ -27,6 +27,16 @@ def test_paper_shapes():
         assert cfg.generator.hidden_size < cfg.model.hidden_size  # ELECTRA's smaller generator
 
 
+def test_large_masks_a_quarter_as_electra_large():
+    from fast_electra_ds.masking import num_predictions
+
+    large = load_config("large")
+    assert large.masking.mask_prob == 0.25 and large.data.seq_len == 512
+    assert num_predictions(large.data.seq_len, large.masking.mask_prob) == 128  # ceil(.25 * 510)
+    for name in ("small", "base"):
+        assert load_config(name).masking.mask_prob == 0.15
+
+
 def test_every_field_has_a_docstring():
     docs = field_docs()
     assert "model.hidden_size" in docs and "optim.lr" in docs and "mode" in docs

@@ -109,8 +109,8 @@ def test_scores_count_every_kept_token_once(tiny_dataset, judge):
     one = _build(tiny_dataset, *judge)
     metrics = evaluation.score_discriminator(disc, one, device="cpu", batch_size=8)
     with torch.no_grad():
-        logits = disc(input_ids=one.corrupted_ids,
-                      attention_mask=one.batch.attention_mask).logits
+        logits = disc(input_ids=one.corrupted_ids, attention_mask=one.batch.attention_mask,
+                      token_type_ids=one.batch.token_type_ids).logits
     loss, counts = rtd_loss(logits, one.rtd_labels, one.batch.attention_mask)
     real = one.batch.attention_mask.bool()
     assert metrics["rtd_loss"] == pytest.approx(loss.item(), rel=1e-5)

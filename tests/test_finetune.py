@@ -138,26 +138,69 @@ def test_metrics_match_sklearn_and_scipy():
     assert np.isnan(glue.pearson(np.ones(5), np.arange(5.0)))
 
 
-def test_layerwise_learning_rates(tiny_model):
-    from transformers import AutoModelForSequenceClassification
+def test_layerwise_learning_rates_are_electras():
+    """ELECTRA's _get_layer_lrs: depth 0 embeddings, i + 1 layer i, L + 2 the head, and
+    lr * decay^(L + 2 - depth); checked on a 4-layer model."""
+    from transformers import ElectraConfig, ElectraForSequenceClassification
 
-    model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2)
-    groups = layerwise_param_groups(model, lr=1.0, layer_decay=0.5, weight_decay=0.01)
+    model = ElectraForSequenceClassification(ElectraConfig(
+        vocab_size=100, embedding_size=16, hidden_size=32, num_hidden_layers=4,
+        num_attention_heads=2, intermediate_size=64, num_labels=2))
+    lr, decay, layers = 1e-4, 0.8, 4
+    groups = layerwise_param_groups(model, lr=lr, layer_decay=decay, weight_decay=0.01)
     lr_of = {id(p): (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
     named = dict(model.named_parameters())
     assert len(lr_of) == len(named)
 
-    def lr(name: str) -> tuple[float, float]:
+    def electra_lr(depth: int) -> float:  # model/optimization.py, _get_layer_lrs
+        return lr * decay ** (layers + 2 - depth)
+
+    def got(name: str) -> tuple[float, float]:
         return lr_of[id(named[name])]
 
-    # 2 layers: head and top layer 1, layer 0 0.5, embeddings 0.25; no decay on bias/norms
-    assert lr("classifier.out_proj.weight") == (1.0, 0.01)
-    assert lr("electra.encoder.layer.1.attention.self.query.weight") == (1.0, 0.01)
-    assert lr("electra.encoder.layer.0.attention.self.query.weight") == (0.5, 0.01)
-    assert lr("electra.encoder.layer.0.output.LayerNorm.weight") == (0.5, 0.0)
-    assert lr("electra.encoder.layer.0.output.dense.bias") == (0.5, 0.0)
-    assert lr("electra.embeddings.word_embeddings.weight") == (0.25, 0.01)
-    assert lr("electra.embeddings_project.weight") == (0.25, 0.01)
+    assert got("classifier.out_proj.weight") == pytest.approx((electra_lr(layers + 2), 0.01))
+    assert got("classifier.dense.bias") == pytest.approx((lr, 0.0))
+    for i in range(layers):
+        assert got(f"electra.encoder.layer.{i}.attention.self.query.weight") == pytest.approx(
+            (electra_lr(i + 1), 0.01))
+        assert got(f"electra.encoder.layer.{i}.output.LayerNorm.weight") == pytest.approx(
+            (electra_lr(i + 1), 0.0))
+    assert got("electra.encoder.layer.3.output.dense.weight")[0] == pytest.approx(lr * decay ** 2)
+    for name in ("electra.embeddings.word_embeddings.weight",
+                 "electra.embeddings.token_type_embeddings.weight",
+                 "electra.embeddings_project.weight"):
+        assert got(name) == pytest.approx((electra_lr(0), 0.01))
+    assert electra_lr(0) == pytest.approx(lr * decay ** 6)
+
+
+def test_pairs_are_encoded_with_segment_b_token_types(tiny_model, monkeypatch):
+    """[CLS] A [SEP] B [SEP] with type 1 on B reaches the model in training and evaluation."""
+    from transformers.models.electra.modeling_electra import ElectraModel
+
+    from fast_electra_ds import finetune
+    from fast_electra_ds.glue import Examples
+
+    tok = finetune._tokenizer(str(tiny_model))
+    examples = Examples(texts=[("in the beginning", "god created the heaven")],
+                        labels=np.array([1]), num_skipped=0)
+    (ids,), (types,) = finetune._encode(tok, examples, 128)
+    first_sep = ids.index(tok.sep_token_id)
+    assert types[:first_sep + 1] == [0] * (first_sep + 1) and set(types[first_sep + 1:]) == {1}
+
+    seen = []
+    real = ElectraModel.forward
+
+    def spy(self, *args, token_type_ids=None, **kwargs):
+        seen.append(token_type_ids is not None and bool((token_type_ids == 1).any()))
+        return real(self, *args, token_type_ids=token_type_ids, **kwargs)
+
+    monkeypatch.setattr(ElectraModel, "forward", spy)
+    cfg = finetune.FinetuneConfig(model=str(tiny_model), task="mrpc", data_dir="unused",
+                                  seeds=(1,), epochs=1, batch_size=1, device="cpu")
+    finetune._run_seed(cfg, finetune.get_task("mrpc"), tok, ([ids], [types]), np.array([1]),
+                       ([ids], [types]), np.array([1]), seed=1, epochs=1,
+                       device=finetune._device("cpu"))
+    assert seen and all(seen)  # every forward, train and dev, saw segment B
 
 
 def test_every_task_reads_its_glue_layout(tmp_path):

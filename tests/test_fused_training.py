@@ -64,9 +64,13 @@ def make_batch(batch: int = 6, seed: int = 0, device: str = DEVICE) -> MaskedBat
     attention_mask[-1, SEQ_LEN // 2:] = 0
     input_ids[-1, SEQ_LEN // 2:] = SPECIAL["pad"]
     input_ids[-1, SEQ_LEN // 2 - 1] = SPECIAL["sep"]
+    # two segments in the full rows: a [SEP] at a third, type 1 after it
+    input_ids[:-1, SEQ_LEN // 3] = SPECIAL["sep"]
+    token_type_ids = torch.zeros_like(input_ids)
+    token_type_ids[:-1, SEQ_LEN // 3 + 1:] = 1
     masker = Masker(seq_len=SEQ_LEN, vocab_size=VOCAB, mask_id=SPECIAL["mask"],
                     special_ids=list(SPECIAL.values()), seed=seed)
-    out = masker(input_ids, attention_mask, torch.arange(batch) + 10**6 * seed)
+    out = masker(input_ids, attention_mask, torch.arange(batch) + 10**6 * seed, token_type_ids)
     assert (out.weights == 0).any() and (out.weights > 0).any()
     return out.to(device)
 
@@ -161,11 +165,11 @@ def objective_inputs(mode: str, batch: MaskedBatch) -> dict:
         g = torch.Generator().manual_seed(3)
         rtd_labels = (torch.rand(batch.input_ids.shape, generator=g) < 0.3).float()
         return dict(corrupted_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                    rtd_labels=rtd_labels.to(DEVICE))
+                    rtd_labels=rtd_labels.to(DEVICE), token_type_ids=batch.token_type_ids)
     return dict(input_ids=batch.input_ids, masked_ids=batch.masked_ids,
-                attention_mask=batch.attention_mask, positions=batch.positions,
-                labels=batch.labels, weights=batch.weights, sample_ids=batch.sample_ids,
-                temperature=1.0, seed=5)
+                attention_mask=batch.attention_mask, token_type_ids=batch.token_type_ids,
+                positions=batch.positions, labels=batch.labels, weights=batch.weights,
+                sample_ids=batch.sample_ids, temperature=1.0, seed=5)
 
 
 @kernel_test

@@ -178,12 +178,26 @@ def test_corpus_to_loader_round_trip(tiny_corpus, tiny_tokenizer, tiny_dataset):
         assert mask[:length].eq(1).all() and mask[length:].eq(0).all()
         assert ids[length:].eq(tok.pad_token_id).all()
         assert ids[:length].tolist() == reader[i].tolist()
-        by_index[int(i)] = ids[1:length - 1].tolist()
+        by_index[int(i)] = [t for t in ids[:length].tolist()
+                            if t not in (tok.cls_token_id, tok.sep_token_id)]
     bounds = reader.document_indices
     documents = [[t for i in range(bounds[d], bounds[d + 1]) for t in by_index[i]]
                  for d in range(len(bounds) - 1)]
     train_docs, _ = expected_split(text_documents(tiny_corpus), 1234, TINY_VALID_FRACTION)
     assert documents == [direct_ids(tok, lines) for lines in train_docs]
+
+
+def test_token_types_are_0_through_the_first_sep_and_1_after(tiny_dataset, tiny_tokenizer):
+    tok = load_tokenizer(str(tiny_tokenizer))
+    batch = take(loader(tiny_dataset, micro_batch_size=64, global_batch_size=64), 1)[0]
+    two_segments = 0
+    for ids, mask, types in zip(batch.input_ids, batch.attention_mask, batch.token_type_ids):
+        length = int(mask.sum())
+        seps = torch.nonzero(ids[:length] == tok.sep_token_id).flatten().tolist()
+        assert types[:seps[0] + 1].eq(0).all() and types[seps[0] + 1:length].eq(1).all()
+        assert types[length:].eq(0).all()
+        two_segments += len(seps) == 2
+    assert two_segments > 32  # most of the corpus's examples have a segment B
 
 
 def test_valid_split(tiny_dataset):

@@ -43,15 +43,19 @@ def make_batch(batch: int = 4, seed: int = 0) -> MaskedBatch:
     attention_mask[-1, SEQ_LEN // 2:] = 0
     input_ids[-1, SEQ_LEN // 2:] = SPECIAL["pad"]
     input_ids[-1, SEQ_LEN // 2 - 1] = SPECIAL["sep"]
+    # two segments: a [SEP] at a third, type 1 after it (the half-padded row has one)
+    input_ids[:-1, SEQ_LEN // 3] = SPECIAL["sep"]
+    token_type_ids = torch.zeros_like(input_ids)
+    token_type_ids[:-1, SEQ_LEN // 3 + 1:] = 1
     masker = Masker(seq_len=SEQ_LEN, vocab_size=VOCAB, mask_id=SPECIAL["mask"],
                     special_ids=list(SPECIAL.values()), mask_prob=0.25, seed=seed)
-    return masker(input_ids, attention_mask, torch.arange(batch))
+    return masker(input_ids, attention_mask, torch.arange(batch), token_type_ids)
 
 
 def batch_kwargs(b: MaskedBatch) -> dict:
     return dict(input_ids=b.input_ids, masked_ids=b.masked_ids, attention_mask=b.attention_mask,
-                positions=b.positions, labels=b.labels, weights=b.weights,
-                sample_ids=b.sample_ids)
+                token_type_ids=b.token_type_ids, positions=b.positions, labels=b.labels,
+                weights=b.weights, sample_ids=b.sample_ids)
 
 
 def test_rtd_loss_matches_masked_bce_reference():
@@ -108,7 +112,7 @@ def test_fast_electra_objective_trains_discriminator_on_frozen_generator_output(
     batch = make_batch()
     corrupted, rtd_labels, gen_metrics = frozen.corrupt(batch, temperature=2.0, seed=7)
     out = objective(corrupted_ids=corrupted, attention_mask=batch.attention_mask,
-                    rtd_labels=rtd_labels)
+                    rtd_labels=rtd_labels, token_type_ids=batch.token_type_ids)
     assert out["loss"].ndim == 0 and torch.isfinite(out["loss"])
     out["loss"].backward()  # the generator's outputs are usable in the discriminator's graph
     assert disc.electra.embeddings.word_embeddings.weight.grad is not None
@@ -170,7 +174,8 @@ def test_electra_objective_halves_agree_with_its_forward():
         out = objective(**batch_kwargs(batch), temperature=1.5, seed=11)
         corrupted, rtd_labels, gen_metrics = gen.corrupt(generator, batch, temperature=1.5,
                                                          seed=11)
-        halves = objective.rtd_outputs(corrupted, batch.attention_mask, rtd_labels)
+        halves = objective.rtd_outputs(corrupted, batch.attention_mask, rtd_labels,
+                                       batch.token_type_ids)
     assert halves["logits"].shape == batch.input_ids.shape
     for key, value in {**gen_metrics, **halves}.items():
         if key not in ("loss", "logits"):
@@ -182,7 +187,8 @@ def test_mlm_objective_learns_and_saves_a_loadable_generator(tmp_path):
     objective = MLMObjective(generator)
     batch = make_batch(batch=8)
     kwargs = dict(masked_ids=batch.masked_ids, attention_mask=batch.attention_mask,
-                  positions=batch.positions, labels=batch.labels, weights=batch.weights)
+                  token_type_ids=batch.token_type_ids, positions=batch.positions,
+                  labels=batch.labels, weights=batch.weights)
     opt = torch.optim.AdamW(objective.parameters(), lr=1e-2)
     losses = []
     for _ in range(30):

@@ -78,16 +78,13 @@ def test_round_trip_is_exact(tiny_corpus, tiny_tokenizer, tiny_dataset):
                             for w, _ in pre_tokenizer.pre_tokenize_str(
                                 normalizer.normalize_str(line))]
             assert words == source_words
-            # packing: [CLS] body [SEP], all full length but the document's last
-            for k, s in enumerate(sequences):
+            # packing: [CLS] A [SEP] or [CLS] A [SEP] B [SEP], at most seq_len tokens
+            for s in sequences:
                 assert s[0] == tok.cls_token_id and s[-1] == tok.sep_token_id
-                if k < len(sequences) - 1:
-                    assert len(s) == TINY_SEQ_LEN
-                else:
-                    assert len(s) <= TINY_SEQ_LEN
+                assert 1 <= int((s == tok.sep_token_id).sum()) <= 2 and len(s) <= TINY_SEQ_LEN
     first = stored_documents(tiny_dataset / "train")[0]
-    assert tok.decode(first[0][1:-1]).startswith("in the beginning god created the heaven and "
-                                                 "the earth. and the earth was without form")
+    assert tok.decode(first[0], skip_special_tokens=True).startswith(
+        "in the beginning god created the heaven and the earth. and the earth was without form")
 
 
 def test_manifest(tiny_dataset, tiny_tokenizer, tiny_corpus):
@@ -140,14 +137,44 @@ def test_documents_survive_read_chunk_boundaries(monkeypatch, tiny_corpus):
     assert list(corpus.Corpus([str(tiny_corpus)]).documents()) == text_documents(tiny_corpus)
 
 
-def test_pack_document():
-    ids = np.arange(10, 23, dtype=np.int32)  # 13 tokens, 6 per sequence at seq_len 8
-    tokens, lengths = pack_document(ids, 8, cls_id=2, sep_id=3)
-    assert lengths == [8, 8, 3]
-    assert tokens.tolist() == [2, 10, 11, 12, 13, 14, 15, 3, 2, 16, 17, 18, 19, 20, 21, 3,
-                               2, 22, 3]
-    tokens, lengths = pack_document(ids[:6], 8, cls_id=2, sep_id=3)
-    assert lengths == [8] and tokens.tolist() == [2, 10, 11, 12, 13, 14, 15, 3]
+def _segments(sequence: np.ndarray, sep_id: int) -> tuple[list[int], list[int]]:
+    """(A, B) of [CLS] A [SEP] (B [SEP])."""
+    seps = np.flatnonzero(sequence == sep_id)
+    return sequence[1:seps[0]].tolist(), sequence[seps[0] + 1:seps[-1]].tolist()
+
+
+def test_pack_document_builds_electras_two_segment_examples():
+    rng = np.random.default_rng(0)
+    # lines of 3-40 tokens (the bundled corpus's verses), sequences of 64
+    lines = [np.arange(1000 + 100 * i, 1000 + 100 * i + int(n), dtype=np.int32)
+             for i, n in enumerate(rng.integers(3, 41, 3000))]
+    lines.insert(7, np.arange(900_000, 900_090, dtype=np.int32))  # longer than a sequence
+    tokens, lengths = pack_document(lines, 64, cls_id=2, sep_id=3,
+                                    rng=prepare.document_rng(1, 0))
+    sequences = np.split(tokens, np.cumsum(lengths)[:-1])
+    assert all(len(s) <= 64 and s[0] == 2 and s[-1] == 3 for s in sequences)
+    assert np.mean([len(s) == 64 for s in sequences]) > 0.9  # packed full but for ELECTRA's
+    # 5% random-length targets (a target below 64 still often ends in a full sequence)
+    # nothing is lost or reordered: the bodies, back to back, are the lines
+    bodies = [t for s in sequences for part in _segments(s, 3) for t in part]
+    assert bodies == np.concatenate(lines).tolist()
+    # the middle [SEP] always falls between two lines
+    line_ends = set(np.cumsum([len(x) for x in lines]).tolist())
+    offset, pairs, singles = 0, 0, 0
+    for s in sequences[:-1]:
+        a, b = _segments(s, 3)
+        if b:
+            pairs += 1
+            assert offset + len(a) in line_ends
+        else:
+            singles += 1
+        offset += len(a) + len(b)
+    # ELECTRA's 10% single-segment examples (more where a line fills a segment alone)
+    assert 0.07 < singles / (pairs + singles) < 0.16, singles / (pairs + singles)
+    # and the document's examples are a function of (seed, document index) alone
+    again, _ = pack_document(lines, 64, 2, 3, rng=prepare.document_rng(1, 0))
+    other, _ = pack_document(lines, 64, 2, 3, rng=prepare.document_rng(1, 1))
+    assert np.array_equal(again, tokens) and not np.array_equal(other, tokens)
 
 
 def test_split_hash_is_deterministic_and_proportional():
@@ -157,21 +184,47 @@ def test_split_hash_is_deterministic_and_proportional():
     assert picks != [in_valid(8, i, 0.1) for i in range(20000)]
 
 
-def test_valid_gets_a_document_even_when_none_hashed_there(tmp_path, tiny_corpus, tiny_tokenizer):
+def test_valid_gets_the_tail_of_the_last_document_when_none_hashed_there(tmp_path, tiny_corpus,
+                                                                        tiny_tokenizer):
     out = tmp_path / "ds"
     m = prepare_data([str(tiny_corpus)], tokenizer=str(tiny_tokenizer), seq_len=32,
                      output=str(out), valid_fraction=1e-9)
     docs = text_documents(tiny_corpus)
-    assert m["splits"]["valid"]["num_documents"] == 1
-    assert m["splits"]["train"]["num_documents"] == len(docs) - 1
+    # valid_fraction of the sequences, at least one, from the end of the last document
+    assert m["splits"]["valid"]["num_sequences"] == 1
+    assert m["splits"]["train"]["num_documents"] == len(docs)
+    assert m["valid_held_out"].startswith("the last 1 sequences of the last document")
     tok = load_tokenizer(str(tiny_tokenizer))
-    valid_ids = [int(t) for s in stored_documents(out / "valid")[0] for t in s[1:-1]]
-    assert valid_ids == direct_ids(tok, docs[-1])
+    specials = {tok.cls_token_id, tok.sep_token_id}
+    body = [int(t) for t in stored_documents(out / "valid")[0][0] if int(t) not in specials]
+    last_doc = direct_ids(tok, docs[-1])
+    assert body == last_doc[len(last_doc) - len(body):]
 
     m = prepare_data([str(tiny_corpus)], tokenizer=str(tiny_tokenizer), seq_len=32,
                      output=str(out), valid_fraction=0.0, overwrite=True)
     assert m["splits"]["valid"] == {"num_documents": 0, "num_sequences": 0, "num_tokens": 0,
                                     "padding_fraction": 0.0}
+    assert m["valid_held_out"] == "nothing (--valid-fraction 0)"
+
+
+def test_one_paragraph_per_line_corpus_gets_a_valid_split_megatron_reads(tmp_path,
+                                                                         tiny_tokenizer):
+    """A common layout: one paragraph per line, no blank lines, i.e. a single document."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    corpus = tmp_path / "paragraphs.txt"
+    with open(KJV, encoding="utf-8") as f:
+        corpus.write_text("".join(line for _, line in zip(range(3000), f) if line.strip()))
+    out = tmp_path / "ds"
+    result = cli("--input", str(corpus), "--tokenizer", str(tiny_tokenizer), "--seq-len", "64",
+                 "--output", str(out))
+    assert result.returncode == 0, result.stderr
+    m = read_manifest(out)
+    n = m["splits"]["train"]["num_sequences"] + m["splits"]["valid"]["num_sequences"]
+    assert m["splits"]["valid"]["num_sequences"] == round(0.01 * n) > 0
+    assert "held out for valid: the last" in result.stdout and "blank lines" in result.stdout
+    valid = IndexedDataset(str(out / "valid"), mmap=True)
+    assert len(valid) == m["splits"]["valid"]["num_sequences"]
 
 
 def test_json_parquet_and_globs_in_order(tmp_path, tiny_tokenizer):
@@ -192,7 +245,8 @@ def test_json_parquet_and_globs_in_order(tmp_path, tiny_tokenizer):
                 ["fifth document"], ["sixth", "document"], ["third record"],
                 ["fourth", "", "record"]]
     stored = stored_documents(out / "train")
-    assert [[int(t) for s in doc for t in s[1:-1]] for doc in stored] == [
+    specials = {tok.cls_token_id, tok.sep_token_id}
+    assert [[int(t) for s in doc for t in s if int(t) not in specials] for doc in stored] == [
         direct_ids(tok, doc) for doc in expected]
     assert [Path(s["path"]).name for s in m["sources"]] == ["a.jsonl", "c.txt", "b.parquet"]
 

@@ -99,8 +99,10 @@ def test_electra_mode_trains_both_models_with_shared_embeddings(tmp_path, tiny_d
         return real_build(module, cfg, ds, env)
 
     monkeypatch.setattr(train, "build_engine", spy)
+    # (logged every step: one micro-batch per record, where loss = mlm + 50 rtd holds exactly;
+    # over a window of batches with different token counts the ratios of sums differ slightly)
     result = train.pretrain(_cfg(tmp_path / "electra", tiny_dataset, "mode=electra",
-                                 "train.steps=20", "eval.every=20"))
+                                 "train.steps=20", "eval.every=20", "logging.log_every=1"))
     module = result.engine.module
     after = module.state_dict()
     for prefix in ("generator.electra.encoder", "discriminator.electra.encoder",
@@ -203,3 +205,43 @@ def test_generator_that_does_not_fit_the_data_is_refused(tmp_path, tiny_dataset,
                      f"data.paths={tiny_dataset}", f"generator.path={folder}", "device=cpu"])
         err = capsys.readouterr().err
         assert code == 2 and needle in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("mode", ["fast-electra", "electra", "mlm"])
+def test_training_steps_feed_segment_b_token_types_to_every_model(tmp_path, tiny_dataset,
+                                                                  tiny_generator, monkeypatch,
+                                                                  mode):
+    """The prepared data's [CLS] A [SEP] B [SEP] examples reach the generator and the
+    discriminator with token types 1 on B: ELECTRA's segment embeddings train in every mode."""
+    from transformers.models.electra.modeling_electra import ElectraModel
+
+    seen: dict[int, bool] = {}  # hidden size of the encoder -> saw type-1 tokens
+    real_forward = ElectraModel.forward
+
+    def spy(self, *args, token_type_ids=None, **kwargs):
+        if self.training or mode == "fast-electra":  # the frozen generator runs in eval mode
+            has_b = token_type_ids is not None and bool((token_type_ids == 1).any())
+            seen[self.config.hidden_size] = seen.get(self.config.hidden_size, False) or has_b
+        return real_forward(self, *args, token_type_ids=token_type_ids, **kwargs)
+
+    monkeypatch.setattr(ElectraModel, "forward", spy)
+    train.pretrain(_cfg(tmp_path / mode, tiny_dataset, f"mode={mode}", "train.steps=2",
+                        f"generator.path={tiny_generator}", "eval.every=0"))
+    # tiny recipe: discriminator hidden 64, generators (trained or frozen) hidden 32
+    expected = {"fast-electra": {32, 64}, "electra": {32, 64}, "mlm": {32}}[mode]
+    assert set(seen) == expected and all(seen.values()), seen
+
+
+def test_evaluation_without_valid_data_fails_before_the_first_step(tmp_path, tiny_corpus,
+                                                                  tiny_tokenizer, capsys):
+    from fast_electra_ds.data.prepare import prepare_data
+
+    data = tmp_path / "no-valid"
+    prepare_data([str(tiny_corpus)], tokenizer=str(tiny_tokenizer), seq_len=64,
+                 output=str(data), valid_fraction=0.0)
+    run_dir = tmp_path / "run"
+    code = main(["pretrain", "--config", "tiny", "mode=mlm", f"run_dir={run_dir}",
+                 f"data.paths={data}", "device=cpu", "eval.every=100"])
+    err = capsys.readouterr().err
+    assert code == 2 and "has no valid sequences" in err, err
+    assert not (run_dir / "metrics.jsonl").exists() and not (run_dir / "checkpoints").exists()

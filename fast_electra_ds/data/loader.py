@@ -208,19 +208,27 @@ class SampleOrder:
 # torch Dataset, sampler, collate
 
 
+Sample = tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]  # ids, mask, types [L]; sample id
+
+
 class PackedSequences(torch.utils.data.Dataset):
     """Indexed by global sample id: (input_ids [L] int64 padded with [PAD], attention_mask [L]
-    int64, sample id)."""
+    int64, token_type_ids [L] int64, sample id).
+
+    Token types are not stored but derived, as ELECTRA's segment ids are set: 0 up to and
+    including the sequence's first [SEP] ([CLS] A [SEP]), 1 after it (B [SEP]), 0 on padding.
+    """
 
     def __init__(self, readers: Sequence[IndexedReader], order: SampleOrder, *, seq_len: int,
-                 pad_id: int, vocab_size: int):
+                 pad_id: int, sep_id: int, vocab_size: int):
         self.readers, self.order = list(readers), order
-        self.seq_len, self.pad_id, self.vocab_size = seq_len, pad_id, vocab_size
+        self.seq_len, self.pad_id, self.sep_id = seq_len, pad_id, sep_id
+        self.vocab_size = vocab_size
 
-    def __getitem__(self, sample_id: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def __getitem__(self, sample_id: int) -> Sample:
         return self.__getitems__([sample_id])[0]
 
-    def __getitems__(self, sample_ids: list[int]) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+    def __getitems__(self, sample_ids: list[int]) -> list[Sample]:
         """Batched fetch (the DataLoader calls this): one order computation per micro-batch."""
         datasets, sequences = self.order(np.asarray(sample_ids, dtype=np.int64))
         out = []
@@ -236,7 +244,10 @@ class PackedSequences(torch.utils.data.Dataset):
             input_ids[:n] = torch.from_numpy(tokens.astype(np.int64))
             attention_mask = torch.zeros(self.seq_len, dtype=torch.int64)  # [L]
             attention_mask[:n] = 1
-            out.append((input_ids, attention_mask, int(g)))
+            token_type_ids = torch.zeros(self.seq_len, dtype=torch.int64)  # [L]
+            first_sep = int(np.argmax(tokens == self.sep_id)) if n else 0
+            token_type_ids[first_sep + 1:n] = 1
+            out.append((input_ids, attention_mask, token_type_ids, int(g)))
         return out
 
 
@@ -266,16 +277,18 @@ class MicroBatchSampler:
 
 
 class MaskingCollate:
-    """Stacks samples and masks them: list of (ids [L], mask [L], g) -> MaskedBatch [B, ...]."""
+    """Stacks samples and masks them: list of (ids [L], mask [L], types [L], g) -> MaskedBatch
+    [B, ...]."""
 
     def __init__(self, masker: Masker):
         self.masker = masker
 
-    def __call__(self, samples: list[tuple[torch.Tensor, torch.Tensor, int]]) -> MaskedBatch:
+    def __call__(self, samples: list[Sample]) -> MaskedBatch:
         input_ids = torch.stack([s[0] for s in samples])  # [B, L]
         attention_mask = torch.stack([s[1] for s in samples])  # [B, L]
-        sample_ids = torch.tensor([s[2] for s in samples], dtype=torch.int64)  # [B]
-        return self.masker(input_ids, attention_mask, sample_ids)
+        token_type_ids = torch.stack([s[2] for s in samples])  # [B, L]
+        sample_ids = torch.tensor([s[3] for s in samples], dtype=torch.int64)  # [B]
+        return self.masker(input_ids, attention_mask, sample_ids, token_type_ids)
 
 
 def packed_sequences(paths: list[str], *, split: str, seq_len: int, seed: int,
@@ -286,7 +299,7 @@ def packed_sequences(paths: list[str], *, split: str, seq_len: int, seed: int,
         raise UserError(f"data.weights has {len(weights)} entries for {len(paths)} data.paths")
     return PackedSequences(readers, SampleOrder(info.num_sequences, weights, seed),
                            seq_len=seq_len, pad_id=info.special_token_ids["pad"],
-                           vocab_size=info.vocab_size)
+                           sep_id=info.special_token_ids["sep"], vocab_size=info.vocab_size)
 
 
 def build_loader(paths: list[str], *, split: str, seq_len: int, micro_batch_size: int,

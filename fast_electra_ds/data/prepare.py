@@ -6,13 +6,19 @@ Pipeline, with memory flat in the corpus size:
                     flight (apply_async + a deque; Pool.imap would read the whole input ahead)
                     and results are consumed in order
     num_proc == 1:  tokenized in-process (the Rust tokenizer is itself multithreaded)
-    main process:   each document's ids, as one stream, are cut into pieces of at most
-                    seq_len - 2 tokens, each stored as [CLS] piece [SEP] (documents never share a
-                    sequence; a document's last sequence may be short; no padding is stored)
+    main process:   each document's lines are built into examples as ELECTRA's
+                    build_pretraining_dataset.py does (`pack_document`): [CLS] A [SEP] B [SEP],
+                    A and B whole lines, 10% with one segment only, 5% aiming at a random length
+                    (documents never share a sequence; no padding is stored)
+
+Token types are not stored: 0 up to and including a sequence's first [SEP], 1 after it
+(loader.PackedSequences derives them), as in ELECTRA's segment ids.
 
 Split: a document goes to valid iff hash(seed, document index) < valid_fraction. If none did
-(and there are >= 2 documents), the last document goes to valid; for that, the latest train
-document is held back until the next one arrives.
+(few documents; a text file without blank lines is a single one), valid_fraction of the sequences
+(at least one) are held out from the end of the last document, or that whole document when it is
+no longer (`_hold_out_tail`); for that, the latest train document is held back until the next one
+arrives. The manifest's `valid_held_out` says which happened.
 
 Output, built in OUTPUT.tmp-<pid> and renamed into place when complete (an interrupted run leaves
 nothing named OUTPUT):
@@ -44,11 +50,16 @@ from fast_electra_ds.data.tokenizer import encode_lines, load_tokenizer, special
     tokenizer_fingerprint
 from fast_electra_ds.errors import UserError
 
-FORMAT_VERSION = 1
+# 2: two-segment examples ([CLS] A [SEP] B [SEP]); version 1 stored single [CLS] piece [SEP]
+# sequences, whose token-type-1 embedding a model would never train, so it is refused
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 SPLITS = ("train", "valid")
 LINES_PER_CHUNK = 1000
 MIN_SEQ_LEN = 8
+SINGLE_SEGMENT_SHARE = 0.1  # ELECTRA: "small chance to only have one segment"
+RANDOM_LENGTH_SHARE = 0.05  # ELECTRA: "small chance for random-length instead of max_length"
+MIN_RANDOM_LENGTH = 5  # ELECTRA's random.randint(5, max_length)
 
 # (document index, lines, whether this piece ends the document)
 Piece = tuple[int, list[str], bool]
@@ -89,8 +100,9 @@ def prepare_data(inputs: Sequence[str], *, tokenizer: str, seq_len: int, output:
         writers = {split: IndexedWriter(tmp / split, vocab_size) for split in SPLITS}
         pieces = _tokenized_pieces(corpus, tok, tokenizer_ref, num_proc, scratch_dir=tmp)
         with contextlib.closing(pieces):  # on error, stops the worker pool at once
-            _pack_and_write(pieces, writers, seq_len=seq_len, cls_id=specials["cls"],
-                            sep_id=specials["sep"], valid_fraction=valid_fraction, seed=seed)
+            held_out = _pack_and_write(pieces, writers, seq_len=seq_len, cls_id=specials["cls"],
+                                       sep_id=specials["sep"], valid_fraction=valid_fraction,
+                                       seed=seed)
         for split, writer in writers.items():
             writer.finalize()
             check_indexed_files(tmp / split)
@@ -108,6 +120,7 @@ def prepare_data(inputs: Sequence[str], *, tokenizer: str, seq_len: int, output:
             "valid_fraction": valid_fraction,
             "text_key": text_key,
             "splits": {split: _split_stats(w, seq_len) for split, w in writers.items()},
+            "valid_held_out": held_out if valid_fraction > 0 else "nothing (--valid-fraction 0)",
             "sources": [{"path": str(s.path.resolve()), "size_bytes": s.size_bytes}
                         for s in corpus.sources],
             "skipped_lines": corpus.num_skipped_lines,
@@ -134,8 +147,11 @@ def read_manifest(path: str | os.PathLike) -> dict:
         raise UserError(f"{file} is corrupted ({e}); re-run `fast-electra prepare-data`") from None
     version = manifest.get("format_version") if isinstance(manifest, dict) else None
     if version != FORMAT_VERSION:
+        why = (" (version 1 packed single-segment [CLS] ... [SEP] sequences, so the token-type-1 "
+               "embedding that pair tasks use would never train; version 2 builds ELECTRA's "
+               "[CLS] A [SEP] B [SEP] examples)" if version == 1 else "")
         raise UserError(f"{file} has format version {version!r}; this fast_electra_ds "
-                        f"({__version__}) reads version {FORMAT_VERSION}: re-run "
+                        f"({__version__}) reads version {FORMAT_VERSION}{why}: re-run "
                         f"`fast-electra prepare-data` with this version")
     return manifest
 
@@ -161,17 +177,20 @@ def _chunks(documents: Iterator[list[str]], lines_per_chunk: int = LINES_PER_CHU
         yield chunk
 
 
-def _tokenize_chunk(chunk: list[Piece], tok=None) -> list[tuple[int, bool, np.ndarray]]:
-    """[(document index, ends the document, token ids [n] int32)], one per piece of the chunk."""
+def _tokenize_chunk(chunk: list[Piece], tok=None
+                    ) -> list[tuple[int, bool, np.ndarray, np.ndarray]]:
+    """[(document index, ends the document, token ids [n] int32, line lengths [lines] int64)],
+    one per piece of the chunk."""
     tok = tok if tok is not None else _worker_tokenizer
     ids = encode_lines(tok, [line for _, lines, _ in chunk for line in lines])
     out, i = [], 0
     for doc_index, lines, last in chunk:
         piece_ids = ids[i:i + len(lines)]
         i += len(lines)
-        total = sum(map(len, piece_ids))
-        flat = np.fromiter(itertools.chain.from_iterable(piece_ids), dtype=np.int32, count=total)
-        out.append((doc_index, last, flat))
+        lengths = np.fromiter(map(len, piece_ids), dtype=np.int64, count=len(piece_ids))
+        flat = np.fromiter(itertools.chain.from_iterable(piece_ids), dtype=np.int32,
+                           count=int(lengths.sum()))
+        out.append((doc_index, last, flat, lengths))
     return out
 
 
@@ -186,7 +205,7 @@ def _init_worker(tokenizer_ref: str) -> None:
 
 
 def _tokenized_pieces(corpus: Corpus, tok, tokenizer_ref: str, num_proc: int, scratch_dir: Path
-                      ) -> Iterator[tuple[int, bool, np.ndarray]]:
+                      ) -> Iterator[tuple[int, bool, np.ndarray, np.ndarray]]:
     """Tokenized pieces of documents, in corpus order."""
     chunks = _chunks(corpus.documents(scratch_dir))
     if num_proc == 1:
@@ -219,24 +238,61 @@ def _tokenized_pieces(corpus: Corpus, tok, tokenizer_ref: str, num_proc: int, sc
 # Packing and splitting
 
 
-def pack_document(ids: np.ndarray, seq_len: int, cls_id: int, sep_id: int
-                  ) -> tuple[np.ndarray, list[int]]:
-    """ids [n] -> ([n + 2k] the k sequences [CLS] piece [SEP] back to back, their k lengths);
-    every piece has seq_len - 2 tokens except the last, which has the rest."""
-    body = seq_len - 2
-    n = len(ids)
-    assert n > 0
-    k = -(-n // body)
-    body_lengths = np.full(k, body, dtype=np.int64)
-    body_lengths[-1] = n - body * (k - 1)
-    starts = np.concatenate(([0], np.cumsum(body_lengths + 2)[:-1]))  # [k] where each [CLS] is
-    out = np.empty(n + 2 * k, dtype=ids.dtype)
-    is_body = np.ones(n + 2 * k, dtype=bool)
-    is_body[starts] = is_body[starts + body_lengths + 1] = False
-    out[starts] = cls_id
-    out[starts + body_lengths + 1] = sep_id
-    out[is_body] = ids
-    return out, (body_lengths + 2).tolist()
+def pack_document(lines: Sequence[np.ndarray], seq_len: int, cls_id: int, sep_id: int,
+                  rng: np.random.Generator) -> tuple[np.ndarray, list[int]]:
+    """A document's lines (token ids of each) -> (its sequences back to back, their lengths).
+
+    ELECTRA's ExampleBuilder (build_pretraining_dataset.py), one example at a time: take lines
+    until they hold at least the target length (seq_len, or 5% of the time a random length in
+    [5, seq_len]); put them into segment A while A stays under (target - 3) // 2 tokens (also the
+    first line that crosses it, half of the time, if B is still empty), the rest into B, or 10% of
+    the time all into A; trim A to seq_len - 2 and B to what is left after [CLS] A [SEP] ... [SEP].
+    Two deviations, both to keep the text as it is: ELECTRA drops what the trim cuts off, here
+    it starts the next example, so no token is lost; and once a line has gone to B, the lines
+    after it do too (ELECTRA can put a later, shorter line into A, ahead of it). A and B are
+    whole lines, except a line longer than a segment (cut) and the carried-over tail that
+    starts the example after a cut. One segment: [CLS] A [SEP].
+    """
+    queue = deque(line for line in lines if len(line))
+    sequences: list[np.ndarray] = []
+    target = seq_len
+    cls, sep = np.array([cls_id], dtype=np.int32), np.array([sep_id], dtype=np.int32)
+    while queue:
+        taken, length = [], 0
+        while queue and length < target:
+            taken.append(queue.popleft())
+            length += len(taken[-1])
+        first_target = (np.inf if rng.random() < SINGLE_SEGMENT_SHARE else (target - 3) // 2)
+        a_lines: list[np.ndarray] = []
+        b_lines: list[np.ndarray] = []
+        a_length = 0
+        for line in taken:
+            if not a_lines or (not b_lines and (
+                    a_length + len(line) < first_target
+                    or (a_length < first_target and rng.random() < 0.5))):
+                a_lines.append(line)
+                a_length += len(line)
+            else:
+                b_lines.append(line)
+        a = np.concatenate(a_lines)
+        b = np.concatenate(b_lines) if b_lines else a[:0]
+        a_kept = a[:seq_len - 2]
+        b_kept = b[:max(0, seq_len - len(a_kept) - 3)]
+        rest = np.concatenate([a[len(a_kept):], b[len(b_kept):]])
+        if len(rest):
+            queue.appendleft(rest)
+        parts = [cls, a_kept, sep] + ([b_kept, sep] if len(b_kept) else [])
+        sequences.append(np.concatenate(parts).astype(np.int32, copy=False))
+        target = (int(rng.integers(MIN_RANDOM_LENGTH, seq_len + 1))
+                  if rng.random() < RANDOM_LENGTH_SHARE else seq_len)
+    return np.concatenate(sequences), [len(s) for s in sequences]
+
+
+def document_rng(seed: int, doc_index: int) -> np.random.Generator:
+    """The random choices of one document's examples: a function of (seed, document index)
+    only, so the same corpus packs the same way with any number of tokenizer processes."""
+    digest = hashlib.blake2b(f"{seed}:{doc_index}:examples".encode(), digest_size=8).digest()
+    return np.random.default_rng(int.from_bytes(digest, "little"))
 
 
 def in_valid(seed: int, doc_index: int, valid_fraction: float) -> bool:
@@ -245,24 +301,26 @@ def in_valid(seed: int, doc_index: int, valid_fraction: float) -> bool:
     return int.from_bytes(digest, "little") / 2.0 ** 64 < valid_fraction
 
 
-def _pack_and_write(pieces: Iterator[tuple[int, bool, np.ndarray]],
+def _pack_and_write(pieces: Iterator[tuple[int, bool, np.ndarray, np.ndarray]],
                     writers: dict[str, IndexedWriter], *, seq_len: int, cls_id: int,
-                    sep_id: int, valid_fraction: float, seed: int) -> None:
+                    sep_id: int, valid_fraction: float, seed: int) -> str:
+    """Pack every document and write it to its split; returns what valid holds, in words."""
     train, valid = writers["train"], writers["valid"]
     held_back = None  # (tokens, lengths) of the latest train document, written one document late
-    current: list[np.ndarray] = []  # pieces of the document being assembled
+    current: list[tuple[np.ndarray, np.ndarray]] = []  # pieces of the document being assembled
     expected_index = 0
-    for doc_index, last, ids in pieces:
+    for doc_index, last, ids, line_lengths in pieces:
         assert doc_index == expected_index, (doc_index, expected_index)
-        current.append(ids)
+        current.append((ids, line_lengths))
         if not last:
             continue
         expected_index += 1
-        doc = np.concatenate(current)
+        doc = np.concatenate([ids for ids, _ in current])
+        lines = np.split(doc, np.cumsum(np.concatenate([n for _, n in current]))[:-1])
         current = []
         if len(doc) == 0:  # e.g. only characters the normalizer removes
             continue
-        packed = pack_document(doc, seq_len, cls_id, sep_id)
+        packed = pack_document(lines, seq_len, cls_id, sep_id, document_rng(seed, doc_index))
         if in_valid(seed, doc_index, valid_fraction):
             valid.add_document(*packed)
             continue
@@ -270,14 +328,42 @@ def _pack_and_write(pieces: Iterator[tuple[int, bool, np.ndarray]],
             train.add_document(*held_back)
         held_back = packed
     assert not current, "the last piece did not close its document"
+    held_out = ""
     if held_back is not None:
-        if valid_fraction > 0 and valid.num_documents == 0 and train.num_documents > 0:
-            valid.add_document(*held_back)  # no document hashed into valid: give it the last
+        if valid_fraction > 0 and valid.num_documents == 0:
+            held_out = _hold_out_tail(held_back, train, valid, valid_fraction)
         else:
             train.add_document(*held_back)
     if train.num_documents == 0:
         raise UserError(f"no document with tokens landed in the train split "
                         f"({valid.num_documents} in valid); add text, or lower --valid-fraction")
+    return held_out or (f"{valid.num_documents} whole documents, each picked with probability "
+                        f"--valid-fraction {valid_fraction}")
+
+
+def _hold_out_tail(last: tuple[np.ndarray, list[int]], train: IndexedWriter,
+                   valid: IndexedWriter, valid_fraction: float) -> str:
+    """No document hashed into valid (a corpus of few documents; a text file without blank lines
+    is one document): hold out valid_fraction of all sequences (at least one) from the end of
+    the last document, or the whole last document when it is not longer than that and another
+    document stays in train. Says what it held out."""
+    tokens, lengths = last
+    k = max(1, round(valid_fraction * (train.num_sequences + len(lengths))))
+    if train.num_documents > 0 and k >= len(lengths):
+        valid.add_document(tokens, lengths)
+        return (f"the last document ({len(lengths)} sequences): no document hashed into valid "
+                f"at --valid-fraction {valid_fraction}")
+    k = min(k, len(lengths) - 1)  # train keeps at least one sequence
+    if k == 0:
+        train.add_document(tokens, lengths)
+        return "nothing: the corpus packs into a single sequence"
+    cut = sum(lengths[:-k])
+    train.add_document(tokens[:cut], lengths[:-k])
+    valid.add_document(tokens[cut:], lengths[-k:])
+    return (f"the last {k} sequences of the last document: no document hashed into valid at "
+            f"--valid-fraction {valid_fraction} (the corpus has {train.num_documents} "
+            f"document{'s' if train.num_documents > 1 else ''}; separate documents by blank "
+            f"lines, or give one per JSON/parquet record, to hold out whole documents)")
 
 
 def _split_stats(writer: IndexedWriter, seq_len: int) -> dict:

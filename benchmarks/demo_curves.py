@@ -28,8 +28,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from fast_electra_ds.bench import cpu_name  # noqa: E402
-from fast_electra_ds.compare import (describe_set, eval_set_groups, plot_curves,  # noqa: E402
-                                     read_run, table)
+from fast_electra_ds.downstream.compare import (  # noqa: E402
+    describe_set,
+    eval_set_groups,
+    plot_curves,
+    read_run,
+    table,
+)
 
 RUNS = ("fast-electra", "electra")
 
@@ -58,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
 def other_judges(demo: Path, record: dict) -> list[tuple[str, str, list[dict]]]:
     """(judge name, its set's description, a row per run) for the demo's judge and for electra's
     own generator as the judge, both through `fast-electra evaluate` on the finished runs."""
-    from fast_electra_ds.evaluation import evaluate_models
-    from fast_electra_ds.export import export
+    from fast_electra_ds.downstream.export import export
+    from fast_electra_ds.training.evaluation import evaluate_models
 
     joint_export = demo / "electra-export"
     export(str(demo / "electra"), str(joint_export), overwrite=True, log=lambda m: None)

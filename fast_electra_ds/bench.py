@@ -52,9 +52,9 @@ from pathlib import Path
 
 import torch
 
-from fast_electra_ds import flops
 from fast_electra_ds.config import RunConfig, list_recipes, load_config
-from fast_electra_ds.masking import MaskedBatch, Masker, num_predictions
+from fast_electra_ds.data.masking import MaskedBatch, Masker, num_predictions
+from fast_electra_ds.training import flops
 
 # Synthetic vocabulary layout: ids 0-4 are the special tokens, the rest ordinary.
 SPECIAL_IDS = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
@@ -225,11 +225,11 @@ def _train_step(engine, loss: torch.Tensor) -> None:
 
 def build_mode(name: str, spec: Spec, env, generator_dir: Path) -> Mode:
     """The models, engine and step function of one mode (module doc); same init in every mode."""
-    from fast_electra_ds import generator as gen_lib
-    from fast_electra_ds.ds_config import load_ds_config, resolve_ds_config
-    from fast_electra_ds.engine import build_engine
-    from fast_electra_ds.models import build_discriminator, build_generator, tie_embeddings
-    from fast_electra_ds.objectives import ElectraObjective, FastElectraObjective
+    from fast_electra_ds.method import frozen_generator, mlm_head, sampling
+    from fast_electra_ds.method.models import build_discriminator, build_generator, tie_embeddings
+    from fast_electra_ds.method.objectives import ElectraObjective, FastElectraObjective
+    from fast_electra_ds.training.ds_config import load_ds_config, resolve_ds_config
+    from fast_electra_ds.training.engine import build_engine
 
     cfg = spec.config()
     ds = resolve_ds_config(load_ds_config(cfg.ds_config), cfg, world_size=1,
@@ -290,11 +290,11 @@ def build_mode(name: str, spec: Spec, env, generator_dir: Path) -> Mode:
         def corrupt(b: MaskedBatch) -> tuple[torch.Tensor, torch.Tensor]:
             sampled = torch.randint(spec.vocab_size, b.positions.shape,
                                     device=b.positions.device)  # [B, K], uniform
-            return gen_lib.replace_at_positions(b.input_ids, b.positions, b.weights, sampled)
+            return sampling.replace_at_positions(b.input_ids, b.positions, b.weights, sampled)
         note = "uniform replacements over the vocabulary"
     else:
         assert name == "fast-electra", name
-        frozen = gen_lib.FrozenGenerator.load(
+        frozen = frozen_generator.FrozenGenerator.load(
             str(generator_dir), vocab_size=spec.vocab_size, special_ids=SPECIAL_IDS,
             device=env.device, dtype=cfg.generator.inference_dtype,
             kernel_inject=cfg.generator.kernel_inject, logger=lambda message: None)
@@ -352,7 +352,7 @@ def seconds(entry: float | tuple) -> float:
 def save_frozen_generator(spec: Spec, out: Path) -> None:
     """A freshly initialized generator of the recipe's shape as a HF folder: what a mode=mlm run
     of the same recipe exports and a fast-electra run loads (weights do not change the cost)."""
-    from fast_electra_ds.models import build_generator
+    from fast_electra_ds.method.models import build_generator
 
     cfg = spec.config()
     torch.manual_seed(cfg.seed)
@@ -433,7 +433,7 @@ def corrupt_breakdown(frozen, batches: list[MaskedBatch], reps: int,
     """Median seconds of the two halves of FrozenGenerator.corrupt, timed apart: the generator's
     forward (generator.masked_logits) and the sampling (generator.sample_replacements, the
     counter-based Gumbel-max draw over the vocabulary that joint mode runs as well)."""
-    from fast_electra_ds import generator as gen_lib
+    from fast_electra_ds.method import frozen_generator, mlm_head, sampling
 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     forward_s, sampling_s = [], []
@@ -442,11 +442,11 @@ def corrupt_breakdown(frozen, batches: list[MaskedBatch], reps: int,
             b = batches[i % len(batches)]
             sync()
             start = time.perf_counter()
-            logits = gen_lib.masked_logits(frozen.model, b.masked_ids, b.attention_mask,
+            logits = mlm_head.masked_logits(frozen.model, b.masked_ids, b.attention_mask,
                                            b.positions)  # [B, K, V]
             sync()
             middle = time.perf_counter()
-            gen_lib.sample_replacements(logits, temperature=2.0, seed=0, sample_ids=b.sample_ids,
+            sampling.sample_replacements(logits, temperature=2.0, seed=0, sample_ids=b.sample_ids,
                                         weights=b.weights)
             sync()
             if i:
@@ -465,7 +465,7 @@ def _status_kib(field_name: str) -> int:
 
 def memory_child(mode: str, spec: Spec, steps: int, generator_dir: Path) -> dict:
     """In a fresh process (see main): build one mode, train `steps` steps, report its peak."""
-    from fast_electra_ds.engine import init_distributed
+    from fast_electra_ds.training.engine import init_distributed
 
     set_threads(spec)
     env = init_distributed(spec.config())
@@ -606,7 +606,7 @@ def compute_section(rep: Report, measured_flops: dict[str, int], spec: Spec) -> 
            "GFLOPs per sequence (one sequence of L tokens; a step is this times the global "
            "batch). 2 FLOPs per multiply-add of every matrix product, element-wise work not "
            "counted (as FlopCounterMode counts); trained = forward + backward = 3x forward, "
-           "frozen = 1x. Accountings, in `fast_electra_ds/flops.py`:", "",
+           "frozen = 1x. Accountings, in `fast_electra_ds/training/flops.py`:", "",
            f"- **paper**: the paper's table, reproduced by: per token, n_layers x (2(4H^2 + 2HF) "
            f"+ 4LH) + 2VH over all L = {flops.PAPER_SEQ_LEN} positions, V = "
            f"{flops.PAPER_VOCAB:,}, in *both* models (a vocabulary-sized projection at every "
@@ -1147,7 +1147,7 @@ def plot(out_prefix: Path, rep: Report) -> list[Path]:
 def run(*, suite_name: str, device: str, output: str, recipe: str | None, command: str,
         threads: int | None = None, log: Callable[[str], None] = print) -> list[Path]:
     """The whole benchmark; returns the files written."""
-    from fast_electra_ds.engine import init_distributed
+    from fast_electra_ds.training.engine import init_distributed
 
     suite = SUITES[suite_name]
     spec = suite_spec(suite, recipe, device, threads)
@@ -1216,7 +1216,7 @@ def run(*, suite_name: str, device: str, output: str, recipe: str | None, comman
 
 
 def _precision(spec: Spec) -> str:
-    from fast_electra_ds.ds_config import load_ds_config, precision
+    from fast_electra_ds.training.ds_config import load_ds_config, precision
 
     return precision(load_ds_config(spec.config().ds_config))
 

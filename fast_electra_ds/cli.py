@@ -67,7 +67,7 @@ def _config(args: argparse.Namespace) -> None:
 
 def _pretrain(args: argparse.Namespace) -> None:
     from fast_electra_ds.config import load_config
-    from fast_electra_ds.train import pretrain
+    from fast_electra_ds.training.loop import pretrain
 
     cfg = load_config(args.config, args.overrides)
     cfg.validate()
@@ -75,14 +75,14 @@ def _pretrain(args: argparse.Namespace) -> None:
 
 
 def _compare(args: argparse.Namespace) -> None:
-    from fast_electra_ds.compare import compare
+    from fast_electra_ds.downstream.compare import compare
 
     print(compare(args.runs, plot=args.plot))
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from fast_electra_ds.compare import describe_set, table
-    from fast_electra_ds.evaluation import EVALUATE_COLUMNS, evaluate_models
+    from fast_electra_ds.downstream.compare import describe_set, table
+    from fast_electra_ds.training.evaluation import EVALUATE_COLUMNS, evaluate_models
 
     eval_set, rows = evaluate_models(
         args.models, judge=args.judge, data=[args.data], num_sequences=args.num_sequences,
@@ -118,7 +118,7 @@ def _bench(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from fast_electra_ds.export import export
+    from fast_electra_ds.downstream.export import export
 
     info = export(args.run, args.output, overwrite=args.overwrite)
     print(f"exported {info['tag']} (step {info['step']}, mode={info['mode']}, "
@@ -134,7 +134,7 @@ def _seed_list(text: str) -> tuple[int, ...]:
 
 
 def _finetune(args: argparse.Namespace) -> None:
-    from fast_electra_ds.finetune import FinetuneConfig, finetune
+    from fast_electra_ds.downstream.finetune import FinetuneConfig, finetune
 
     finetune(FinetuneConfig(model=args.model, task=args.task, data_dir=args.data_dir,
                             seeds=args.seeds, epochs=args.epochs, lr=args.lr,
@@ -286,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing export")
     p.set_defaults(func=_export)
 
-    from fast_electra_ds.glue import TASKS
+    from fast_electra_ds.downstream.glue import TASKS
 
     p = sub.add_parser("finetune", help="GLUE fine-tuning (ELECTRA recipe, several seeds)",
                        description="Fine-tune a HF model folder on a GLUE task from its local "

@@ -19,7 +19,7 @@
 #   HOSTFILE       MPI-style hostfile, `node-1 slots=8` per line; unset = this machine only
 #   GPUS_PER_NODE  ranks per node (alias NUM_GPUS; default: every visible GPU)
 #   NUM_NODES, MASTER_ADDR, MASTER_PORT, NODE_RANK, LAUNCHER, LAUNCHER_ARGS, RECIPE: see
-#                  fast_electra_ds/launch.py; PYTHON: the interpreter (default: the repo's .venv, else
+#                  fast_electra_ds/training/launch.py; PYTHON: the interpreter (default: the repo's .venv, else
 #                  python3)
 #   Multi-node: the bash form passes DATA..DS_CONFIG to every node on the command line; anything
 #   else the remote ranks need (HF_HOME, WANDB_*, LD_LIBRARY_PATH, ...) goes into .deepspeed_env
@@ -32,14 +32,14 @@
 """:"
 root=$(cd "$(dirname "$0")/.." && pwd)
 [ -n "${PYTHON:-}" ] || { PYTHON="$root/.venv/bin/python"; [ -x "$PYTHON" ] || PYTHON=python3; }  # make setup's venv
-PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" exec "$PYTHON" -m fast_electra_ds.launch "$0" "$@"
+PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" exec "$PYTHON" -m fast_electra_ds.training.launch "$0" "$@"
 : <<'# end of the Python part'
 ":"""
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # a checkout, not installed
-from fast_electra_ds.launch import run_rank  # noqa: E402
+from fast_electra_ds.training.launch import run_rank  # noqa: E402
 
 sys.exit(run_rank("base", ["mode=fast-electra"]))
 # end of the Python part

@@ -123,8 +123,8 @@ def copy_dataset(tmp_path, tiny_dataset):
 def tiny_generator(tmp_path_factory, tiny_dataset) -> Path:
     """A generator trained by `pretrain mode=mlm` for 60 steps on `tiny_dataset`: the folder
     RUN_DIR/generator (HF masked LM + tokenizer), usable as generator.path."""
-    from fast_electra_ds import train
     from fast_electra_ds.config import load_config
+    from fast_electra_ds.training import loop
 
     run_dir = tmp_path_factory.mktemp("mlm") / "run"
     cfg = load_config("tiny", [f"run_dir={run_dir}", f"data.paths={tiny_dataset}", "device=cpu",
@@ -132,7 +132,7 @@ def tiny_generator(tmp_path_factory, tiny_dataset) -> Path:
                                "optim.warmup_steps=5", "train.global_batch_size=16",
                                "train.micro_batch_size=16", "eval.num_sequences=64"])
     cfg.validate()
-    result = train.pretrain(cfg)
+    result = loop.pretrain(cfg)
     assert (run_dir / "generator" / "model.safetensors").is_file()
     assert result.eval_metrics["mlm_accuracy"] > 0.0
     return run_dir / "generator"

@@ -20,12 +20,12 @@ import sys
 import pytest
 import torch
 
-from fast_electra_ds import flops
 from fast_electra_ds.bench import _flop_counter
 from fast_electra_ds.config import GeneratorConfig, ModelConfig
-from fast_electra_ds.generator import masked_logits
-from fast_electra_ds.masking import num_predictions
-from fast_electra_ds.models import build_discriminator, build_generator, tie_embeddings
+from fast_electra_ds.data.masking import num_predictions
+from fast_electra_ds.method.mlm_head import masked_logits
+from fast_electra_ds.method.models import build_discriminator, build_generator, tie_embeddings
+from fast_electra_ds.training import flops
 
 TOLERANCE = 0.02
 VOCAB, SEQ_LEN, BATCH, MAX_POSITIONS = 97, 20, 3, 32
@@ -108,8 +108,8 @@ def test_generator_flops_head_at_every_position():
 def test_joint_step_flops():
     """A whole ElectraObjective forward + backward: 3 (D + G), the shared embeddings adding
     nothing (lookups are not matmuls)."""
-    from fast_electra_ds.masking import Masker
-    from fast_electra_ds.objectives import ElectraObjective
+    from fast_electra_ds.data.masking import Masker
+    from fast_electra_ds.method.objectives import ElectraObjective
 
     disc, gen = _models()
     module = ElectraObjective(gen, disc).train()

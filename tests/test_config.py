@@ -6,7 +6,7 @@ import sys
 import pytest
 import yaml
 
-from fast_electra_ds.config import (RunConfig, describe, field_docs, list_recipes, load_config)
+from fast_electra_ds.config import RunConfig, describe, field_docs, list_recipes, load_config
 from fast_electra_ds.errors import UserError
 
 
@@ -28,7 +28,7 @@ def test_paper_shapes():
 
 
 def test_large_masks_a_quarter_as_electra_large():
-    from fast_electra_ds.masking import num_predictions
+    from fast_electra_ds.data.masking import num_predictions
 
     large = load_config("large")
     assert large.masking.mask_prob == 0.25 and large.data.seq_len == 512

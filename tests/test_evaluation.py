@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from fast_electra_ds import evaluation, train
 from fast_electra_ds.cli import main
 from fast_electra_ds.config import load_config
 from fast_electra_ds.data.loader import open_datasets
-from fast_electra_ds.flops import Encoder, run_step_flops
-from fast_electra_ds.metrics import binary_auc
-from fast_electra_ds.objectives import rtd_loss
+from fast_electra_ds.method.objectives import rtd_loss
+from fast_electra_ds.training import evaluation, loop
+from fast_electra_ds.training.flops import Encoder, run_step_flops
+from fast_electra_ds.training.metrics import binary_auc
 
 FIELDS = ("input_ids", "attention_mask", "masked_ids", "positions", "labels", "weights",
           "sample_ids")
@@ -98,7 +98,7 @@ def test_the_key_follows_the_judges_weights_not_its_path(tmp_path, tiny_dataset,
 
 def test_scores_count_every_kept_token_once(tiny_dataset, judge):
     from fast_electra_ds.config import ModelConfig
-    from fast_electra_ds.models import build_discriminator
+    from fast_electra_ds.method.models import build_discriminator
 
     info = _info(tiny_dataset)
     torch.manual_seed(0)
@@ -153,8 +153,8 @@ def _evals(run_dir: Path) -> list[dict]:
 def test_both_modes_are_scored_on_one_set_and_evaluate_agrees(tmp_path, tiny_dataset,
                                                               tiny_generator, capsys):
     fast, joint = tmp_path / "fast", tmp_path / "joint"
-    fast_result = train.pretrain(_cfg(fast, tiny_dataset, f"generator.path={tiny_generator}"))
-    train.pretrain(_cfg(joint, tiny_dataset, "mode=electra", f"eval.judge={tiny_generator}"))
+    fast_result = loop.pretrain(_cfg(fast, tiny_dataset, f"generator.path={tiny_generator}"))
+    loop.pretrain(_cfg(joint, tiny_dataset, "mode=electra", f"eval.judge={tiny_generator}"))
 
     fast_set = json.loads((fast / "eval_set.json").read_text())
     joint_set = json.loads((joint / "eval_set.json").read_text())
@@ -213,7 +213,7 @@ def test_both_modes_are_scored_on_one_set_and_evaluate_agrees(tmp_path, tiny_dat
 def test_electra_without_a_judge_is_judged_by_itself_and_compared_with_nothing(
         tmp_path, tiny_dataset, tiny_generator, capsys):
     selfish = tmp_path / "self"
-    train.pretrain(_cfg(selfish, tiny_dataset, "mode=electra", "generator.path=",
+    loop.pretrain(_cfg(selfish, tiny_dataset, "mode=electra", "generator.path=",
                         "train.steps=15"))
     assert "judged by its own generator (self)" in capsys.readouterr().out
     record = json.loads((selfish / "eval_set.json").read_text())
@@ -221,7 +221,7 @@ def test_electra_without_a_judge_is_judged_by_itself_and_compared_with_nothing(
     assert 0.0 <= _evals(selfish)[-1]["auc"] <= 1.0
 
     fast = tmp_path / "fast"
-    train.pretrain(_cfg(fast, tiny_dataset, f"generator.path={tiny_generator}",
+    loop.pretrain(_cfg(fast, tiny_dataset, f"generator.path={tiny_generator}",
                         "train.steps=15"))
     capsys.readouterr()
     assert main(["compare", str(fast), str(selfish)]) == 0
@@ -232,9 +232,9 @@ def test_electra_without_a_judge_is_judged_by_itself_and_compared_with_nothing(
 def test_training_seconds_continue_across_a_resume(tmp_path, tiny_dataset, tiny_generator):
     run = tmp_path / "run"
     common = (f"generator.path={tiny_generator}", "eval.every=10")
-    train.pretrain(_cfg(run, tiny_dataset, *common, "train.steps=10"))
+    loop.pretrain(_cfg(run, tiny_dataset, *common, "train.steps=10"))
     first = _evals(run)[-1]
-    train.pretrain(_cfg(run, tiny_dataset, *common, "train.steps=20"))
+    loop.pretrain(_cfg(run, tiny_dataset, *common, "train.steps=20"))
     second = _evals(run)[-1]
     assert second["step"] == 20 and second["train_flops"] == 2 * first["train_flops"]
     assert second["train_seconds"] > first["train_seconds"]
@@ -259,7 +259,7 @@ def test_bad_judges_and_targets_are_refused_with_the_fix(tmp_path, tiny_dataset,
     assert "trained no discriminator" in capsys.readouterr().err
 
     fast = tmp_path / "fast"
-    train.pretrain(_cfg(fast, tiny_dataset, f"generator.path={tiny_generator}", "eval.every=0",
+    loop.pretrain(_cfg(fast, tiny_dataset, f"generator.path={tiny_generator}", "eval.every=0",
                         "train.steps=5"))
     capsys.readouterr()
     assert main(["evaluate", "--judge", str(other), "--data", str(tiny_dataset),

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fast_electra_ds import train
 from fast_electra_ds.cli import main
 from fast_electra_ds.config import load_config
+from fast_electra_ds.training import loop
 
 
 def _pretrain(run_dir: Path, dataset: Path, *overrides: str):
@@ -24,7 +24,7 @@ def _pretrain(run_dir: Path, dataset: Path, *overrides: str):
                                "train.steps=2", "train.global_batch_size=8",
                                "train.micro_batch_size=8", "eval.every=0", *overrides])
     cfg.validate()
-    return train.pretrain(cfg)
+    return loop.pretrain(cfg)
 
 
 def _module_state(engine) -> dict[str, torch.Tensor]:
@@ -46,8 +46,12 @@ def _module_state(engine) -> dict[str, torch.Tensor]:
 ])
 def test_export_equals_the_trained_module(tmp_path, tiny_dataset, tiny_generator, mode,
                                           ds_config, folders):
-    from transformers import (AutoModelForMaskedLM, AutoModelForSequenceClassification,
-                              AutoTokenizer, ElectraForPreTraining)
+    from transformers import (
+        AutoModelForMaskedLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        ElectraForPreTraining,
+    )
 
     result = _pretrain(tmp_path / "run", tiny_dataset, f"mode={mode}",
                        f"generator.path={tiny_generator}",

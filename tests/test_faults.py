@@ -30,9 +30,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fast_electra_ds import checkpoint, train
 from fast_electra_ds.cli import main
 from fast_electra_ds.config import load_config
+from fast_electra_ds.training import checkpoint, loop
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -141,7 +141,7 @@ def test_crash_before_commit_falls_back(tmp_path, tiny_dataset, tiny_generator, 
 
     monkeypatch.setattr(checkpoint, "_atomic_write", crash_on_second_commit)
     with pytest.raises(RuntimeError, match="injected crash"):
-        train.pretrain(cfg)
+        loop.pretrain(cfg)
     ckpts = tmp_path / "run" / "checkpoints"
     assert (ckpts / "step000000004").is_dir()  # shards written, never committed
     assert (ckpts / "latest").read_text() == "step000000002"
@@ -242,7 +242,7 @@ def test_sigterm_saves_and_exits(tmp_path, tiny_dataset, tiny_generator):
     stopped_at = results[0]["step"]
     cfg = load_config("tiny", _common(tiny_dataset, tiny_generator, run,
                                       f"train.steps={stopped_at + 1}"))
-    result = train.pretrain(cfg)
+    result = loop.pretrain(cfg)
     assert result.state.step == stopped_at + 1
 
 
@@ -256,7 +256,7 @@ def test_two_rank_checkpoint_resumes_on_one(tmp_path, tiny_dataset, tiny_generat
     _run(_common(tiny_dataset, tiny_generator, moved, "train.steps=4", *cfg_args))
     cfg = load_config("tiny", _common(tiny_dataset, tiny_generator, moved, "train.steps=8",
                                       *cfg_args))
-    result = train.pretrain(cfg)  # 1 rank now: converted to a universal checkpoint and loaded
+    result = loop.pretrain(cfg)  # 1 rank now: converted to a universal checkpoint and loaded
     assert result.state.step == 8 and result.state.consumed_samples == 64
     assert (moved / "checkpoints" / "universal" / "step000000004").is_dir()
     got = _losses(moved)

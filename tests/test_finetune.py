@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fast_electra_ds import glue
 from fast_electra_ds.cli import main
-from fast_electra_ds.finetune import layerwise_param_groups
+from fast_electra_ds.downstream import glue
+from fast_electra_ds.downstream.finetune import layerwise_param_groups
 
 REPO = Path(__file__).resolve().parent.parent
 NUM_ROWS = 60
@@ -177,8 +177,8 @@ def test_pairs_are_encoded_with_segment_b_token_types(tiny_model, monkeypatch):
     """[CLS] A [SEP] B [SEP] with type 1 on B reaches the model in training and evaluation."""
     from transformers.models.electra.modeling_electra import ElectraModel
 
-    from fast_electra_ds import finetune
-    from fast_electra_ds.glue import Examples
+    from fast_electra_ds.downstream import finetune
+    from fast_electra_ds.downstream.glue import Examples
 
     tok = finetune._tokenizer(str(tiny_model))
     examples = Examples(texts=[("in the beginning", "god created the heaven")],

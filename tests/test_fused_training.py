@@ -26,26 +26,22 @@ from pathlib import Path
 
 import pytest
 import torch
+from fast_electra_kernels import counter_rng
 from transformers import ElectraConfig, ElectraForMaskedLM
 
-from fast_electra_ds import fused as fused_kernels
-from fast_electra_ds import generator as gen
-from fast_electra_ds import rng
 from fast_electra_ds.config import GeneratorConfig, ModelConfig, load_config
+from fast_electra_ds.data.masking import MaskedBatch, Masker
 from fast_electra_ds.errors import UserError
-from fast_electra_ds.fused import resolve_kernels
-from fast_electra_ds.masking import MaskedBatch, Masker
-from fast_electra_ds.models import build_discriminator, build_generator
-from fast_electra_ds.objectives import ElectraObjective, FastElectraObjective
+from fast_electra_ds.method import frozen_generator, mlm_head, sampling
+from fast_electra_ds.method import kernel_switch as fused_kernels
+from fast_electra_ds.method.kernel_switch import resolve_kernels
+from fast_electra_ds.method.models import build_discriminator, build_generator
+from fast_electra_ds.method.objectives import ElectraObjective, FastElectraObjective
 
 pytest.importorskip("triton")
 from fast_electra_kernels._dispatch import interpreting  # noqa: E402
 from fast_electra_kernels.testing import (  # noqa: E402, F401 (a test pytest collects here)
-    KERNEL_DEVICE as DEVICE,
-    kernel_test,
-    test_kernels_in_interpreter_process,
-)
-
+    KERNEL_DEVICE as DEVICE, kernel_test, test_kernels_in_interpreter_process)
 
 GAP = 1e-5
 VOCAB, SEQ_LEN = 300, 24  # 300: several of the sampler's 128-column tiles, the last partial
@@ -85,11 +81,11 @@ def electra_mlm(seed: int = 0) -> ElectraForMaskedLM:
 
 def assert_no_near_ties(model, batch: MaskedBatch, temperature: float, seed: int) -> None:
     """The premise of exact comparisons: clear winners for the draw and the argmax everywhere."""
-    logits = gen.masked_logits(model, batch.masked_ids, batch.attention_mask,
+    logits = mlm_head.masked_logits(model, batch.masked_ids, batch.attention_mask,
                                batch.positions).float()  # [B, K, V]
     b, k, v = logits.shape
     z = logits.reshape(b * k, v) / temperature
-    perturbed = z + rng.gumbel_noise(seed, gen.noise_rows(batch.sample_ids, k), v)
+    perturbed = z + counter_rng.gumbel_noise(seed, sampling.noise_rows(batch.sample_ids, k), v)
     for scores in (perturbed, logits.reshape(b * k, v)):
         top2 = scores.topk(2, dim=-1).values
         assert (top2[:, 0] - top2[:, 1]).min() > GAP
@@ -106,11 +102,11 @@ def test_fused_corruption_matches_eager(temperature, monkeypatch):
     assert_no_near_ties(model, batch, temperature, seed=42)
     # a random generator is almost never right: make the label its prediction at every other
     # slot, so that mlm_correct (the argmax) is compared on hits as well as misses
-    predicted = gen.masked_logits(model, batch.masked_ids, batch.attention_mask,
+    predicted = mlm_head.masked_logits(model, batch.masked_ids, batch.attention_mask,
                                   batch.positions).argmax(-1)  # [B, K]
     every_other = torch.arange(batch.labels.numel(), device=DEVICE).view_as(batch.labels) % 2 == 0
     batch.labels = torch.where(every_other, predicted, batch.labels)
-    eager = gen.corrupt(model, batch, temperature=temperature, seed=42)
+    eager = sampling.corrupt(model, batch, temperature=temperature, seed=42)
     assert eager[2]["mlm_correct"] > 0
 
     def never(*args, **kwargs):
@@ -118,9 +114,9 @@ def test_fused_corruption_matches_eager(temperature, monkeypatch):
 
     # the fused path goes through FrozenGenerator, as in mode=fast-electra, and never touches
     # the logits path
-    monkeypatch.setattr(gen, "masked_logits", never)
-    monkeypatch.setattr(gen, "sample_replacements", never)
-    frozen = gen.FrozenGenerator(model, device=torch.device(DEVICE), source="test",
+    monkeypatch.setattr(sampling, "masked_logits", never)
+    monkeypatch.setattr(sampling, "sample_replacements", never)
+    frozen = frozen_generator.FrozenGenerator(model, device=torch.device(DEVICE), source="test",
                                  runtime="test", fused=True)
     fused = frozen.corrupt(batch, temperature=temperature, seed=42)
 
@@ -225,7 +221,7 @@ def random_generator(tmp_path_factory, tiny_tokenizer) -> Path:
 
 def train_records(run_dir: Path, dataset: Path, generator: Path, mode: str, kernels: str,
                   ds_config: str) -> list[dict]:
-    from fast_electra_ds.train import pretrain
+    from fast_electra_ds.training.loop import pretrain
 
     cfg = load_config("tiny", [
         f"run_dir={run_dir}", f"data.paths={dataset}", f"generator.path={generator}",
@@ -316,6 +312,6 @@ def test_frozen_generator_without_a_masked_only_head_keeps_the_eager_sampler(tmp
                                    intermediate_size=64)).save_pretrained(tmp_path / "albert")
     logs: list[str] = []
     load = dict(vocab_size=VOCAB, special_ids=SPECIAL, fused=True, logger=logs.append)
-    assert gen.FrozenGenerator.load(str(tmp_path / "electra"), **load).fused
-    assert not gen.FrozenGenerator.load(str(tmp_path / "albert"), **load).fused
+    assert frozen_generator.FrozenGenerator.load(str(tmp_path / "electra"), **load).fused
+    assert not frozen_generator.FrozenGenerator.load(str(tmp_path / "albert"), **load).fused
     assert "AlbertForMaskedLM has no masked-only head path" in logs[-1]

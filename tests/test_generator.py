@@ -9,14 +9,25 @@ import math
 import pytest
 import torch
 from torch.nn import functional as F
-from transformers import (AlbertConfig, AlbertForMaskedLM, BertConfig, BertForMaskedLM,
-                          BertTokenizerFast, DistilBertConfig, DistilBertForMaskedLM,
-                          ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining, GPT2Config,
-                          RobertaConfig, RobertaForMaskedLM)
+from transformers import (
+    AlbertConfig,
+    AlbertForMaskedLM,
+    BertConfig,
+    BertForMaskedLM,
+    BertTokenizerFast,
+    DistilBertConfig,
+    DistilBertForMaskedLM,
+    ElectraConfig,
+    ElectraForMaskedLM,
+    ElectraForPreTraining,
+    GPT2Config,
+    RobertaConfig,
+    RobertaForMaskedLM,
+)
 
-from fast_electra_ds import generator as gen
+from fast_electra_ds.data.masking import MaskedBatch, Masker
 from fast_electra_ds.errors import UserError
-from fast_electra_ds.masking import MaskedBatch, Masker
+from fast_electra_ds.method import frozen_generator, mlm_head, sampling
 
 VOCAB, SEQ_LEN = 100, 24
 SPECIAL = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
@@ -83,14 +94,14 @@ def test_masked_logits_equal_full_logits_then_gather(arch):
     with torch.no_grad():
         full = model(input_ids=input_ids, attention_mask=attention_mask).logits  # [B, L, V]
         expected = torch.gather(full, 1, positions[..., None].expand(-1, -1, VOCAB))
-        got = gen.masked_logits(model, input_ids, attention_mask, positions)
+        got = mlm_head.masked_logits(model, input_ids, attention_mask, positions)
     assert got.shape == (3, 5, VOCAB)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
 
     # the two halves a fused kernel will take reproduce the same logits
-    weight, bias = gen.output_projection(model)
+    weight, bias = mlm_head.output_projection(model)
     with torch.no_grad():
-        hidden = gen.masked_hidden(model, input_ids, attention_mask, positions)  # [B, K, E]
+        hidden = mlm_head.masked_hidden(model, input_ids, attention_mask, positions)  # [B, K, E]
     torch.testing.assert_close(F.linear(hidden, weight, bias), expected, atol=1e-5, rtol=0)
 
 
@@ -99,11 +110,11 @@ def test_masked_logits_falls_back_for_other_architectures(caplog):
     model = AlbertForMaskedLM(AlbertConfig(vocab_size=VOCAB, embedding_size=16, hidden_size=32,
                                            num_hidden_layers=1, num_attention_heads=2,
                                            intermediate_size=64)).eval()
-    assert gen.mlm_head(model) is None
+    assert mlm_head.mlm_head(model) is None
     input_ids, attention_mask, positions = padded_inputs()
-    with torch.no_grad(), caplog.at_level(logging.WARNING, logger=gen.__name__):
-        got = gen.masked_logits(model, input_ids, attention_mask, positions)
-        gen.masked_logits(model, input_ids, attention_mask, positions)
+    with torch.no_grad(), caplog.at_level(logging.WARNING, logger=mlm_head.__name__):
+        got = mlm_head.masked_logits(model, input_ids, attention_mask, positions)
+        mlm_head.masked_logits(model, input_ids, attention_mask, positions)
         full = model(input_ids=input_ids, attention_mask=attention_mask).logits
     torch.testing.assert_close(got, torch.gather(full, 1, positions[..., None].expand(-1, -1,
                                                                                       VOCAB)))
@@ -118,24 +129,24 @@ def test_masked_logits_falls_back_for_other_architectures(caplog):
 def test_sampling_is_reproducible_and_layout_invariant(monkeypatch):
     logits = torch.randn(6, 7, VOCAB)
     sample_ids = torch.tensor([11, 5, 42, 7, 0, 3])
-    a, _ = gen.sample_replacements(logits, temperature=1.5, seed=9, sample_ids=sample_ids)
-    b, _ = gen.sample_replacements(logits, temperature=1.5, seed=9, sample_ids=sample_ids)
+    a, _ = sampling.sample_replacements(logits, temperature=1.5, seed=9, sample_ids=sample_ids)
+    b, _ = sampling.sample_replacements(logits, temperature=1.5, seed=9, sample_ids=sample_ids)
     assert a.dtype == torch.int64 and a.shape == (6, 7)
     assert torch.equal(a, b)
-    other, _ = gen.sample_replacements(logits, temperature=1.5, seed=10, sample_ids=sample_ids)
+    other, _ = sampling.sample_replacements(logits, temperature=1.5, seed=10, sample_ids=sample_ids)
     assert not torch.equal(a, other)
     # split across "ranks" / micro-batches, or in another order: the same draw per sample
-    halves = torch.cat([gen.sample_replacements(logits[i:i + 3], temperature=1.5, seed=9,
+    halves = torch.cat([sampling.sample_replacements(logits[i:i + 3], temperature=1.5, seed=9,
                                                 sample_ids=sample_ids[i:i + 3])[0]
                         for i in (0, 3)])
     assert torch.equal(a, halves)
     perm = torch.tensor([5, 2, 0, 4, 1, 3])
-    shuffled, _ = gen.sample_replacements(logits[perm], temperature=1.5, seed=9,
+    shuffled, _ = sampling.sample_replacements(logits[perm], temperature=1.5, seed=9,
                                           sample_ids=sample_ids[perm])
     assert torch.equal(a[perm], shuffled)
     # chunked evaluation (large B*K*V) gives the same draws
-    monkeypatch.setattr(gen, "_SAMPLE_CHUNK_ELEMENTS", 3 * VOCAB)
-    chunked, _ = gen.sample_replacements(logits, temperature=1.5, seed=9, sample_ids=sample_ids)
+    monkeypatch.setattr(sampling, "_SAMPLE_CHUNK_ELEMENTS", 3 * VOCAB)
+    chunked, _ = sampling.sample_replacements(logits, temperature=1.5, seed=9, sample_ids=sample_ids)
     assert torch.equal(a, chunked)
 
 
@@ -155,7 +166,7 @@ def test_samples_follow_softmax_at_temperature(temperature):
     row = torch.tensor([2.0, 1.0, 0.5, 0.0, -0.5, -1.0, 1.5, 0.2])  # V = 8
     b, k = 2500, 8  # 20000 draws, each from its own (sample, slot) noise row
     logits = row.expand(b, k, -1)
-    sampled, _ = gen.sample_replacements(logits, temperature=temperature, seed=1234,
+    sampled, _ = sampling.sample_replacements(logits, temperature=temperature, seed=1234,
                                          sample_ids=torch.arange(b))
     counts = torch.bincount(sampled.flatten(), minlength=8)
     stat, p_value = _chi_square(counts, torch.softmax(row / temperature, -1))
@@ -170,7 +181,7 @@ def test_samples_follow_softmax_at_temperature(temperature):
 
 def test_high_temperature_is_near_uniform_and_t1_peaked_is_argmax():
     row = torch.randn(VOCAB) * 3
-    sampled, stats = gen.sample_replacements(row.expand(400, 10, -1), temperature=1e4, seed=3,
+    sampled, stats = sampling.sample_replacements(row.expand(400, 10, -1), temperature=1e4, seed=3,
                                              sample_ids=torch.arange(400))
     freq = torch.bincount(sampled.flatten(), minlength=VOCAB).double() / sampled.numel()
     assert (freq - 1 / VOCAB).abs().max() < 0.01  # 4000 draws: sd of each share is ~0.0016
@@ -178,7 +189,7 @@ def test_high_temperature_is_near_uniform_and_t1_peaked_is_argmax():
 
     peaked = torch.zeros(VOCAB)
     peaked[17] = 8.0  # p(argmax) = e^8 / (e^8 + 99), about 0.967
-    sampled, _ = gen.sample_replacements(peaked.expand(400, 10, -1), temperature=1.0, seed=3,
+    sampled, _ = sampling.sample_replacements(peaked.expand(400, 10, -1), temperature=1.0, seed=3,
                                          sample_ids=torch.arange(400))
     assert (sampled == 17).float().mean() > 0.95
 
@@ -186,7 +197,7 @@ def test_high_temperature_is_near_uniform_and_t1_peaked_is_argmax():
 def test_entropy_stat_averages_used_slots_only():
     logits = torch.randn(3, 4, VOCAB)
     weights = torch.tensor([[1.0, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]])
-    _, stats = gen.sample_replacements(logits, temperature=2.0, seed=0,
+    _, stats = sampling.sample_replacements(logits, temperature=2.0, seed=0,
                                        sample_ids=torch.arange(3), weights=weights)
     p = torch.softmax(logits / 2.0, -1)
     entropy = -(p * p.log()).sum(-1)  # [B, K]
@@ -203,7 +214,7 @@ def test_replace_at_positions_uses_originals_and_labels_equal_samples_as_origina
     positions = torch.tensor([[1, 3, 4], [2, 0, 0]])  # [B, K]; row 1 has one used slot
     weights = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
     sampled = torch.tensor([[50, 12, 60], [77, 88, 99]])  # slot (0, 1) re-draws the original 12
-    corrupted, labels = gen.replace_at_positions(input_ids, positions, weights, sampled)
+    corrupted, labels = sampling.replace_at_positions(input_ids, positions, weights, sampled)
     assert corrupted.tolist() == [[2, 50, 11, 12, 60, 3], [2, 20, 77, 3, 0, 0]]
     assert labels.dtype == torch.float32
     assert labels.tolist() == [[0, 1, 0, 0, 1, 0], [0, 0, 1, 0, 0, 0]]
@@ -215,7 +226,7 @@ def test_corrupt_from_logits_every_selected_position_gets_a_sample():
     # logits that put all mass on token 99, so every used slot is replaced by 99
     logits = torch.full((*batch.positions.shape, VOCAB), -30.0)
     logits[..., 99] = 30.0
-    corrupted, labels, metrics = gen.corrupt_from_logits(
+    corrupted, labels, metrics = sampling.corrupt_from_logits(
         logits, input_ids=batch.input_ids, positions=batch.positions, weights=batch.weights,
         sample_ids=batch.sample_ids, temperature=1.0, seed=0)
     used = batch.weights > 0
@@ -243,7 +254,7 @@ def _load(path, **kw):
     args = dict(vocab_size=VOCAB, special_ids=SPECIAL, device="cpu", dtype="auto",
                 kernel_inject=True, logger=lambda msg: None)
     args.update(kw)
-    return gen.FrozenGenerator.load(str(path), **args)
+    return frozen_generator.FrozenGenerator.load(str(path), **args)
 
 
 def _write_tokenizer(path, tokens):
@@ -342,7 +353,7 @@ def test_frozen_generator_rejects_non_mlm_folders(tmp_path):
 
 def test_injection_policy_detection():
     models = tiny_models()
-    assert {arch: gen._has_injection_policy(m) for arch, m in models.items()} == \
+    assert {arch: frozen_generator._has_injection_policy(m) for arch, m in models.items()} == \
         {"electra": False, "bert": True, "roberta": True, "distilbert": True}
 
 
@@ -356,10 +367,10 @@ def test_failed_kernel_injection_falls_back_to_a_fresh_plain_model(arch, tmp_pat
 
     def reload():
         reloads.append(1)
-        return gen._load_frozen(str(tmp_path))
+        return frozen_generator._load_frozen(str(tmp_path))
 
-    engine, runtime = gen._init_inference(
-        gen._load_frozen(str(tmp_path)), reload, device=torch.device("cpu"),
+    engine, runtime = frozen_generator._init_inference(
+        frozen_generator._load_frozen(str(tmp_path)), reload, device=torch.device("cpu"),
         dtype=torch.float32, kernel_inject=True, special_ids=SPECIAL, logger=messages.append)
     assert runtime == "deepspeed-inference cpu float32"
     if arch == "bert":  # has a policy: injection is tried, fails on CPU, the model is re-created
@@ -368,8 +379,8 @@ def test_failed_kernel_injection_falls_back_to_a_fresh_plain_model(arch, tmp_pat
         assert any("no kernel-injection policy" in m for m in messages) and not reloads
     input_ids, attention_mask, positions = padded_inputs()
     with torch.no_grad():
-        torch.testing.assert_close(gen.masked_logits(engine, input_ids, attention_mask, positions),
-                                   gen.masked_logits(model, input_ids, attention_mask, positions))
+        torch.testing.assert_close(mlm_head.masked_logits(engine, input_ids, attention_mask, positions),
+                                   mlm_head.masked_logits(model, input_ids, attention_mask, positions))
 
 
 @pytest.mark.gpu
@@ -379,7 +390,7 @@ def test_frozen_generator_on_cuda_matches_cpu(arch, tmp_path):
     model.save_pretrained(tmp_path)
     messages: list[str] = []
     special = {} if arch == "roberta" else SPECIAL
-    frozen = gen.FrozenGenerator.load(str(tmp_path), vocab_size=VOCAB, special_ids=special,
+    frozen = frozen_generator.FrozenGenerator.load(str(tmp_path), vocab_size=VOCAB, special_ids=special,
                                       device="cuda", dtype="fp16", kernel_inject=True,
                                       logger=messages.append)
     assert frozen.runtime.startswith("deepspeed-inference"), messages
@@ -387,8 +398,8 @@ def test_frozen_generator_on_cuda_matches_cpu(arch, tmp_path):
     if arch == "roberta":
         input_ids[attention_mask == 0] = 1
     with torch.no_grad():
-        got = gen.masked_logits(frozen.model, input_ids.cuda(), attention_mask.cuda(),
+        got = mlm_head.masked_logits(frozen.model, input_ids.cuda(), attention_mask.cuda(),
                                 positions.cuda()).float().cpu()
-        expected = gen.masked_logits(model, input_ids, attention_mask, positions)
+        expected = mlm_head.masked_logits(model, input_ids, attention_mask, positions)
     torch.testing.assert_close(torch.softmax(got, -1), torch.softmax(expected, -1), atol=2e-3,
                                rtol=0)

@@ -29,11 +29,7 @@ from fast_electra_kernels.rtd_loss import (  # noqa: E402
     rtd_loss_reference,
 )
 from fast_electra_kernels.testing import (  # noqa: E402, F401 (a test pytest collects here)
-    KERNEL_DEVICE as DEVICE,
-    kernel_test,
-    test_kernels_in_interpreter_process,
-)
-
+    KERNEL_DEVICE as DEVICE, kernel_test, test_kernels_in_interpreter_process)
 
 GRAD_TOL = {
     torch.float32: dict(rtol=1e-5, atol=1e-6),
@@ -160,7 +156,7 @@ def test_reference_path_when_triton_is_off():
 
 def test_reference_agrees_with_the_training_objective():
     """rtd_loss_reference from (x, w, b) equals objectives.rtd_loss from the logits it implies."""
-    objectives = pytest.importorskip("fast_electra_ds.objectives")
+    objectives = pytest.importorskip("fast_electra_ds.method.objectives")
     x, w, b, labels, mask = make_inputs((4, 9), 16, torch.float32, device="cpu")
     mask[1] = False  # a padding-only sequence among the others
     loss, counts = rtd_loss_reference(x, w, b, labels, mask)

@@ -16,19 +16,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from fast_electra_ds import rng
+from fast_electra_kernels import counter_rng
 
 pytest.importorskip("triton")
 from fast_electra_kernels import sampler_triton  # noqa: E402
 from fast_electra_kernels._dispatch import use_triton_for  # noqa: E402
 from fast_electra_kernels.sampler import SampleOutput, fused_sample, sample_reference  # noqa: E402
 from fast_electra_kernels.testing import (  # noqa: E402, F401 (a test pytest collects here)
-    KERNEL_DEVICE as DEVICE,
-    kernel_test,
-    test_kernels_in_interpreter_process,
-)
-
+    KERNEL_DEVICE as DEVICE, kernel_test, test_kernels_in_interpreter_process)
 
 RTOL = ATOL = 1e-5
 GAP = 1e-3
@@ -55,7 +50,7 @@ def separated(scores):
 def separated_rows(h, W, b, temperature, seed, rows):
     """[M] bool: rows whose top two perturbed logits (reference) differ by more than GAP."""
     z = (h.float() @ W.float().T + (0 if b is None else b.float())) / temperature
-    return separated(z + rng.gumbel_noise(seed, rows, W.shape[0]))
+    return separated(z + counter_rng.gumbel_noise(seed, rows, W.shape[0]))
 
 
 def assert_matches_reference(out, h, W, b, temperature, seed, rows):
@@ -78,8 +73,8 @@ def test_noise_is_the_reference_noise(seed):
                         device=DEVICE)
     u, g = sampler_triton.noise(seed, rows, V)
     cols = torch.arange(V, device=DEVICE)
-    assert torch.equal(u, rng.uniform_from_keys(rng.row_keys(seed, rows), cols))
-    torch.testing.assert_close(g, rng.gumbel_noise(seed, rows, V), rtol=1e-5, atol=1e-5)
+    assert torch.equal(u, counter_rng.uniform_from_keys(counter_rng.row_keys(seed, rows), cols))
+    torch.testing.assert_close(g, counter_rng.gumbel_noise(seed, rows, V), rtol=1e-5, atol=1e-5)
 
 
 @kernel_test
@@ -243,4 +238,4 @@ def test_gpu_realistic_size(dtype):
     assert_matches_reference(out, h, W, b, 1.5, 123, rows)
     u, _ = sampler_triton.noise(123, rows[:64], 30522)
     cols = torch.arange(30522, device="cuda")
-    assert torch.equal(u, rng.uniform_from_keys(rng.row_keys(123, rows[:64]), cols))
+    assert torch.equal(u, counter_rng.uniform_from_keys(counter_rng.row_keys(123, rows[:64]), cols))

@@ -20,9 +20,9 @@ import pytest
 import torch
 import yaml
 
-from fast_electra_ds import launch
 from fast_electra_ds.cli import main
 from fast_electra_ds.errors import UserError
+from fast_electra_ds.training import launch
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = REPO / "launch_scripts"
@@ -198,8 +198,7 @@ def test_export_of_two_rank_zero2_run(deepspeed_zero2_run, tmp_path):
 
 def test_export_of_two_rank_zero3_electra_run_gives_both_models(bash_zero3_electra_run,
                                                                 tmp_path):
-    from transformers import (AutoModelForMaskedLM, AutoModelForSequenceClassification,
-                              AutoTokenizer)
+    from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
 
     run_dir, _ = bash_zero3_electra_run
     out = tmp_path / "export"

@@ -8,18 +8,28 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from conftest import (
+    KJV,
+    TINY_SEQ_LEN,
+    TINY_VALID_FRACTION,
+    direct_ids,
+    expected_split,
+    text_documents,
+)
 
 from fast_electra_ds.data.indexed import IndexedReader
-from fast_electra_ds.data.loader import (BLEND_BLOCK_SIZE, SampleOrder, build_loader,
-                                         feistel_permutation, micro_batch_sample_ids,
-                                         open_datasets)
+from fast_electra_ds.data.loader import (
+    BLEND_BLOCK_SIZE,
+    SampleOrder,
+    build_loader,
+    feistel_permutation,
+    micro_batch_sample_ids,
+    open_datasets,
+)
+from fast_electra_ds.data.masking import MaskedBatch, Masker
 from fast_electra_ds.data.prepare import prepare_data
 from fast_electra_ds.data.tokenizer import load_tokenizer, train_tokenizer
 from fast_electra_ds.errors import UserError
-from fast_electra_ds.masking import MaskedBatch, Masker
-
-from conftest import KJV, TINY_SEQ_LEN, TINY_VALID_FRACTION, direct_ids, expected_split, \
-    text_documents
 
 
 def masker_for(dataset, seed: int = 7, seq_len: int = TINY_SEQ_LEN) -> Masker:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fast_electra_ds.masking import Masker, num_predictions
+from fast_electra_ds.data.masking import Masker, num_predictions
 
 PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
 SPECIAL = [PAD, UNK, CLS, SEP, MASK]

@@ -6,8 +6,12 @@ import torch
 from torch import nn
 
 from fast_electra_ds.config import GeneratorConfig, ModelConfig
-from fast_electra_ds.models import (build_discriminator, build_generator, param_groups,
-                                    tie_embeddings)
+from fast_electra_ds.method.models import (
+    build_discriminator,
+    build_generator,
+    param_groups,
+    tie_embeddings,
+)
 
 VOCAB, PAD = 100, 0
 MODEL_CFG = ModelConfig(num_layers=2, hidden_size=32, embedding_size=16, num_heads=2,

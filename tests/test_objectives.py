@@ -8,12 +8,18 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from fast_electra_ds import generator as gen
 from fast_electra_ds.config import GeneratorConfig, ModelConfig
-from fast_electra_ds.masking import MaskedBatch, Masker
-from fast_electra_ds.models import build_discriminator, build_generator
-from fast_electra_ds.objectives import (ElectraObjective, FastElectraObjective, MLMObjective,
-                                        finalize_metrics, rtd_loss, sum_metrics)
+from fast_electra_ds.data.masking import MaskedBatch, Masker
+from fast_electra_ds.method import frozen_generator, mlm_head, sampling
+from fast_electra_ds.method.models import build_discriminator, build_generator
+from fast_electra_ds.method.objectives import (
+    ElectraObjective,
+    FastElectraObjective,
+    MLMObjective,
+    finalize_metrics,
+    rtd_loss,
+    sum_metrics,
+)
 
 VOCAB, SEQ_LEN = 100, 24
 SPECIAL = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
@@ -106,7 +112,7 @@ def test_finalize_metrics_over_micro_batches_equals_whole_batch():
 def test_fast_electra_objective_trains_discriminator_on_frozen_generator_output(tmp_path):
     generator, disc = make_models()
     generator.save_pretrained(tmp_path)
-    frozen = gen.FrozenGenerator.load(str(tmp_path), vocab_size=VOCAB, special_ids=SPECIAL,
+    frozen = frozen_generator.FrozenGenerator.load(str(tmp_path), vocab_size=VOCAB, special_ids=SPECIAL,
                                       logger=lambda msg: None)
     objective = FastElectraObjective(disc)
     batch = make_batch()
@@ -166,13 +172,13 @@ def test_electra_objective_step_updates_both_models_and_keeps_embeddings_shared(
 
 
 def test_electra_objective_halves_agree_with_its_forward():
-    """gen.corrupt + rtd_outputs (how evaluation runs the two halves) reproduce forward()."""
+    """sampling.corrupt + rtd_outputs (how evaluation runs the two halves) reproduce forward()."""
     generator, disc = make_models()
     objective = ElectraObjective(generator, disc, rtd_weight=50.0).eval()
     batch = make_batch()
     with torch.no_grad():
         out = objective(**batch_kwargs(batch), temperature=1.5, seed=11)
-        corrupted, rtd_labels, gen_metrics = gen.corrupt(generator, batch, temperature=1.5,
+        corrupted, rtd_labels, gen_metrics = sampling.corrupt(generator, batch, temperature=1.5,
                                                          seed=11)
         halves = objective.rtd_outputs(corrupted, batch.attention_mask, rtd_labels,
                                        batch.token_type_ids)
@@ -202,12 +208,12 @@ def test_mlm_objective_learns_and_saves_a_loadable_generator(tmp_path):
 
     # the trained generator is directly a FrozenGenerator for mode=fast-electra
     generator.save_pretrained(tmp_path)
-    frozen = gen.FrozenGenerator.load(str(tmp_path), vocab_size=VOCAB, special_ids=SPECIAL,
+    frozen = frozen_generator.FrozenGenerator.load(str(tmp_path), vocab_size=VOCAB, special_ids=SPECIAL,
                                       logger=lambda msg: None)
     generator.eval()
     with torch.no_grad():
         torch.testing.assert_close(
-            gen.masked_logits(frozen.model, batch.masked_ids, batch.attention_mask,
+            mlm_head.masked_logits(frozen.model, batch.masked_ids, batch.attention_mask,
                               batch.positions),
-            gen.masked_logits(generator, batch.masked_ids, batch.attention_mask,
+            mlm_head.masked_logits(generator, batch.masked_ids, batch.attention_mask,
                               batch.positions))

@@ -18,15 +18,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import (
+    KJV,
+    TINY_SEQ_LEN,
+    TINY_VALID_FRACTION,
+    direct_ids,
+    expected_split,
+    text_documents,
+)
 
 from fast_electra_ds.data import prepare
 from fast_electra_ds.data.indexed import IndexedReader
 from fast_electra_ds.data.prepare import in_valid, pack_document, prepare_data, read_manifest
 from fast_electra_ds.data.tokenizer import load_tokenizer, tokenizer_fingerprint
 from fast_electra_ds.errors import UserError
-
-from conftest import KJV, TINY_SEQ_LEN, TINY_VALID_FRACTION, direct_ids, \
-    expected_split, text_documents
 
 
 def stored_documents(prefix: Path) -> list[list[np.ndarray]]:

@@ -1,6 +1,6 @@
 """Pretraining end to end on CPU: the three modes, resume, and bad input caught before compute.
 
-Single-process runs go in-process through `train.pretrain` (a world of one over gloo); the
+Single-process runs go in-process through `loop.pretrain` (a world of one over gloo); the
 multi-rank comparison starts the real `deepspeed` launcher with 2 CPU ranks.
 """
 
@@ -18,9 +18,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fast_electra_ds import train
 from fast_electra_ds.cli import main
 from fast_electra_ds.config import load_config
+from fast_electra_ds.training import loop
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -52,16 +52,16 @@ def test_fast_electra_trains_the_discriminator_against_a_frozen_generator(
         tmp_path, tiny_dataset, tiny_generator, monkeypatch):
     saved = load_file(tiny_generator / "model.safetensors")
     engines = []
-    real_build = train.build_engine
+    real_build = loop.build_engine
 
     def spy(module, cfg, ds, env):
         engine, name = real_build(module, cfg, ds, env)
         engines.append(engine)
         return engine, name
 
-    monkeypatch.setattr(train, "build_engine", spy)
+    monkeypatch.setattr(loop, "build_engine", spy)
     run_dir = tmp_path / "fast"
-    result = train.pretrain(_cfg(run_dir, tiny_dataset, f"generator.path={tiny_generator}",
+    result = loop.pretrain(_cfg(run_dir, tiny_dataset, f"generator.path={tiny_generator}",
                                  "train.steps=400", "eval.every=400",
                                  "eval.num_sequences=256"))
 
@@ -92,16 +92,16 @@ def test_fast_electra_trains_the_discriminator_against_a_frozen_generator(
 def test_electra_mode_trains_both_models_with_shared_embeddings(tmp_path, tiny_dataset,
                                                                monkeypatch):
     before = {}
-    real_build = train.build_engine
+    real_build = loop.build_engine
 
     def spy(module, cfg, ds, env):
         before.update(copy.deepcopy(module.state_dict()))
         return real_build(module, cfg, ds, env)
 
-    monkeypatch.setattr(train, "build_engine", spy)
+    monkeypatch.setattr(loop, "build_engine", spy)
     # (logged every step: one micro-batch per record, where loss = mlm + 50 rtd holds exactly;
     # over a window of batches with different token counts the ratios of sums differ slightly)
-    result = train.pretrain(_cfg(tmp_path / "electra", tiny_dataset, "mode=electra",
+    result = loop.pretrain(_cfg(tmp_path / "electra", tiny_dataset, "mode=electra",
                                  "train.steps=20", "eval.every=20", "logging.log_every=1"))
     module = result.engine.module
     after = module.state_dict()
@@ -124,13 +124,13 @@ def test_resume_auto_continues_bit_for_bit(tmp_path, tiny_dataset, tiny_generato
     common = [f"generator.path={tiny_generator}", "train.steps=8", "eval.every=0",
               "checkpoint.save_every=4", "logging.log_every=1"]
     full = tmp_path / "full"
-    train.pretrain(_cfg(full, tiny_dataset, *common))
+    loop.pretrain(_cfg(full, tiny_dataset, *common))
     # the same run interrupted after step 4: only its first checkpoint survives
     part = tmp_path / "part"
     shutil.copytree(full / "checkpoints" / "step000000004", part / "checkpoints" /
                     "step000000004")
     (part / "checkpoints" / "latest").write_text("step000000004")
-    train.pretrain(_cfg(part, tiny_dataset, *common))
+    loop.pretrain(_cfg(part, tiny_dataset, *common))
     want = [r["loss"] for r in _records(full)[4:]]
     got = [r["loss"] for r in _records(part)]
     assert [r["step"] for r in _records(part)] == [5, 6, 7, 8]
@@ -155,7 +155,7 @@ def test_deepspeed_launcher_zero2_on_two_ranks_matches_one_rank(tmp_path, tiny_d
         env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
     assert "ranks=2" in two.stdout
-    train.pretrain(load_config("tiny", [f"run_dir={tmp_path / 'one'}",
+    loop.pretrain(load_config("tiny", [f"run_dir={tmp_path / 'one'}",
                                         "train.micro_batch_size=16", *common]))
     one_loss = [r["loss"] for r in _records(tmp_path / "one")]
     two_loss = [r["loss"] for r in _records(tmp_path / "two")]
@@ -225,7 +225,7 @@ def test_training_steps_feed_segment_b_token_types_to_every_model(tmp_path, tiny
         return real_forward(self, *args, token_type_ids=token_type_ids, **kwargs)
 
     monkeypatch.setattr(ElectraModel, "forward", spy)
-    train.pretrain(_cfg(tmp_path / mode, tiny_dataset, f"mode={mode}", "train.steps=2",
+    loop.pretrain(_cfg(tmp_path / mode, tiny_dataset, f"mode={mode}", "train.steps=2",
                         f"generator.path={tiny_generator}", "eval.every=0"))
     # tiny recipe: discriminator hidden 64, generators (trained or frozen) hidden 32
     expected = {"fast-electra": {32, 64}, "electra": {32, 64}, "mlm": {32}}[mode]

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from fast_electra_ds.config import TemperatureConfig
-from fast_electra_ds.temperature import temperature
+from fast_electra_ds.method.temperature import temperature
 
 STEPS = 1000
 

@@ -27,9 +27,9 @@ import numpy as np
 import torch
 
 from fast_electra_ds.data.indexed import IndexedReader, blending_table
+from fast_electra_ds.data.masking import MaskedBatch, Masker, splitmix64
 from fast_electra_ds.data.prepare import SPLITS, read_manifest
 from fast_electra_ds.errors import UserError
-from fast_electra_ds.masking import MaskedBatch, Masker, splitmix64
 
 BLEND_BLOCK_SIZE = 1 << 16  # samples per blending block: weights hold to ~1/65536 per block
 FEISTEL_ROUNDS = 4

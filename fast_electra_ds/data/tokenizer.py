@@ -34,8 +34,15 @@ def train_tokenizer(inputs: list[str], vocab_size: int, output: str, *, lowercas
     (huggingface/tokenizers#1794). Train once and reuse the folder; prepared data records the
     tokenizer's fingerprint, so data from different trainings is never mixed unnoticed.
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from tokenizers import trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import BertTokenizerFast
 
     if vocab_size <= len(SPECIAL_TOKENS):

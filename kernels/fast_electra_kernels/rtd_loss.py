@@ -8,7 +8,7 @@ Shapes:
   mask    [...]     nonzero = real token, 0 = padding (float, int or bool)
   z       [N]       logits x w + b in fp32 (N = number of positions in `...`)
   loss    []        fp32 mean of BCE-with-logits(z, labels) over real tokens (0 if there are
-                    none, as in fast_electra_ds.objectives.rtd_loss)
+                    none, as in fast_electra_ds.method.objectives.rtd_loss)
   counts  dict of [] int64: replaced_correct, replaced_total, original_correct, original_total
           (a prediction is "replaced" when z > 0; padding is not counted)
 

@@ -5,7 +5,7 @@ Shapes (one launch):
                     (fp16 / bf16 / fp32, unit stride along H)
   W        [V, H]   decoder weight, same dtype as h (unit stride along H)
   b        [V]      decoder bias (any float dtype) or absent
-  rows     [M]      int64 global row ids: the RNG counter of each row (fast_electra_ds/rng.py)
+  rows     [M]      int64 global row ids: the RNG counter of each row (kernels/fast_electra_kernels/counter_rng.py)
   partials [S, M]   per vocabulary split s: running max, sum of exp, sum of exp * z,
                     best score z + g and its column, largest logit and its column
                     (S = number of splits, usually 1)
@@ -19,7 +19,7 @@ running sum of exp, running sum of exp * z), an online Gumbel-max (running best 
 online argmax of the logits (running largest logit, for the generator's accuracy). With S > 1
 the splits' partials are merged by `merge_partials` (a few [S, M] torch ops).
 
-The Gumbel noise re-implements fast_electra_ds/rng.py on uint32: products wrap modulo 2**32,
+The Gumbel noise re-implements kernels/fast_electra_kernels/counter_rng.py on uint32: products wrap modulo 2**32,
 which is the reference's `& M32`, and `>>` on uint32 is a logical shift, as on the reference's
 non-negative int64 values. The uniforms are therefore bit-identical to the reference's; the noise
 -log(-log(u)) can differ from torch's in the last bits where the GPU's log is approximate.
@@ -31,19 +31,19 @@ import torch
 import triton
 import triton.language as tl
 
-from fast_electra_ds import rng
+from fast_electra_kernels import counter_rng
 
-MIX_MUL = tl.constexpr(rng.MIX_MUL)
-COL_MUL = tl.constexpr(rng.COL_MUL)
-# rng.uniform_from_bits: the top UNIFORM_BITS bits k -> (k + 0.5) / 2**UNIFORM_BITS, exact
-UNIFORM_SHIFT = tl.constexpr(32 - rng.UNIFORM_BITS)
-UNIFORM_SCALE = tl.constexpr(2.0 ** -rng.UNIFORM_BITS)
-MIN_NEG_LOG_U = tl.constexpr(rng.MIN_NEG_LOG_U)
+MIX_MUL = tl.constexpr(counter_rng.MIX_MUL)
+COL_MUL = tl.constexpr(counter_rng.COL_MUL)
+# counter_rng.uniform_from_bits: the top UNIFORM_BITS bits k -> (k + 0.5) / 2**UNIFORM_BITS, exact
+UNIFORM_SHIFT = tl.constexpr(32 - counter_rng.UNIFORM_BITS)
+UNIFORM_SCALE = tl.constexpr(2.0 ** -counter_rng.UNIFORM_BITS)
+MIN_NEG_LOG_U = tl.constexpr(counter_rng.MIN_NEG_LOG_U)
 
 
 @triton.jit
 def _mix32(x):
-    """rng.mix32 on uint32 values."""
+    """counter_rng.mix32 on uint32 values."""
     x = ((x >> 16) ^ x) * MIX_MUL
     x = ((x >> 16) ^ x) * MIX_MUL
     return (x >> 16) ^ x
@@ -51,7 +51,7 @@ def _mix32(x):
 
 @triton.jit
 def _row_keys(seed_word, rows):
-    """rng.row_keys: seed_word is the host's (seed & M32) ^ ((seed >> 32) & M32); rows int64."""
+    """counter_rng.row_keys: seed_word is the host's (seed & M32) ^ ((seed >> 32) & M32); rows int64."""
     s = _mix32(seed_word.to(tl.uint32))
     # int64 -> uint32 truncates: the reference's `& M32` (for hi, after its arithmetic shift)
     hi = (rows >> 32).to(tl.uint32)
@@ -61,7 +61,7 @@ def _row_keys(seed_word, rows):
 
 @triton.jit
 def _uniforms(keys, cols):
-    """rng.uniform_from_keys: keys [BM] uint32, cols [BV] int32 -> [BM, BV] fp32 in (0, 1)."""
+    """counter_rng.uniform_from_keys: keys [BM] uint32, cols [BV] int32 -> [BM, BV] fp32 in (0, 1)."""
     x = keys[:, None] ^ (cols.to(tl.uint32) * COL_MUL)[None, :]
     x = _mix32(_mix32(x))
     return ((x >> UNIFORM_SHIFT).to(tl.float32) + 0.5) * UNIFORM_SCALE
@@ -69,7 +69,7 @@ def _uniforms(keys, cols):
 
 @triton.jit
 def _gumbel(u):
-    """rng.gumbel_from_uniform: finite for every uniform _uniforms returns, also where the GPU's
+    """counter_rng.gumbel_from_uniform: finite for every uniform _uniforms returns, also where the GPU's
     log is approximate (the clamp keeps -log(u) > 0 near u = 1)."""
     return -tl.log(tl.maximum(-tl.log(u), MIN_NEG_LOG_U))
 
@@ -173,8 +173,8 @@ def _fused_sample_kernel(
 
 
 def seed_word(seed: int) -> int:
-    """The 32-bit word rng.row_keys mixes into its seed key, computed once on the host."""
-    return (seed & rng.M32) ^ ((seed >> 32) & rng.M32)
+    """The 32-bit word counter_rng.row_keys mixes into its seed key, computed once on the host."""
+    return (seed & counter_rng.M32) ^ ((seed >> 32) & counter_rng.M32)
 
 
 def noise(seed: int, rows: torch.Tensor, num_cols: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from fast_electra_ds import train
 from fast_electra_ds.config import load_config
+from fast_electra_ds.training import loop
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--local_rank", type=int, default=None)
@@ -31,7 +31,7 @@ args, overrides = parser.parse_known_args()
 nan_steps = {int(s) for s in args.nan_steps.split(",") if s}
 rank = int(os.environ.get("RANK", "0"))
 
-real_forward = train._forward
+real_forward = loop._forward
 calls = {"n": 0}
 
 
@@ -46,9 +46,9 @@ def forward(engine, cfg, frozen, batch, temp):
     return out
 
 
-train._forward = forward
+loop._forward = forward
 train_start = {"step": 0}
-real_resume = train.checkpoint.resume
+real_resume = loop.checkpoint.resume
 
 
 def resume(engine, plan, log):
@@ -57,11 +57,11 @@ def resume(engine, plan, log):
     return state
 
 
-train.checkpoint.resume = resume
+loop.checkpoint.resume = resume
 
 cfg = load_config("tiny", overrides)
 cfg.validate()
-result = train.pretrain(cfg)
+result = loop.pretrain(cfg)
 engine = result.engine
 optimizer = engine.basic_optimizer
 applied = max((int(s["step"]) for s in optimizer.state.values() if "step" in s), default=0)

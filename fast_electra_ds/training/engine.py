@@ -19,7 +19,7 @@ import torch
 
 from fast_electra_ds.config import OptimConfig, RunConfig
 from fast_electra_ds.errors import UserError
-from fast_electra_ds.models import param_groups
+from fast_electra_ds.method.models import param_groups
 
 
 @dataclass(frozen=True)

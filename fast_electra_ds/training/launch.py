@@ -4,7 +4,7 @@ Every `launch_scripts/*.sh` is a bash script and a Python program at once, so on
 both ways of starting a run:
 
   bash launch_scripts/pretrain_large.sh [key=value ...]
-      bash reads the top of the file and runs `python -m fast_electra_ds.launch FILE [args]`,
+      bash reads the top of the file and runs `python -m fast_electra_ds.training.launch FILE [args]`,
       i.e. `start_launcher` below: it starts the DeepSpeed launcher on that same FILE, with
       --hostfile/--num_gpus/... taken from the environment.
   deepspeed [launcher flags] launch_scripts/pretrain_large.sh [key=value ...]
@@ -159,7 +159,7 @@ def start_launcher(script: str, args: Sequence[str]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv:
-        print("usage: python -m fast_electra_ds.launch LAUNCH_SCRIPT [key=value ...] (the bash "
+        print("usage: python -m fast_electra_ds.training.launch LAUNCH_SCRIPT [key=value ...] (the bash "
               "part of launch_scripts/*.sh runs this)", file=sys.stderr)
         return 2
     try:

@@ -42,7 +42,7 @@ def reduce_metrics(dicts: list[dict]) -> dict[str, float]:
     all-reduce), and turn them into rates (objectives.finalize_metrics)."""
     import torch.distributed as dist
 
-    from fast_electra_ds.objectives import finalize_metrics, sum_metrics
+    from fast_electra_ds.method.objectives import finalize_metrics, sum_metrics
 
     total = sum_metrics(dicts)
     if dist.is_initialized() and dist.get_world_size() > 1:

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import torch
 
-from fast_electra_ds.checkpoint import MARKER, committed_tags
 from fast_electra_ds.config import RunConfig, load_config, resolve_path
 from fast_electra_ds.data.corpus import check_output_dir, staged_output_dir
 from fast_electra_ds.errors import UserError
+from fast_electra_ds.training.checkpoint import MARKER, committed_tags
 
 EXPORT_MARKER = "export.json"
 # which of the engine module's sub-models each mode exports (objectives.py names them)
@@ -162,7 +162,7 @@ def consolidated_state_dict(ckpt_dir: Path, tag: str, *, zero_stage: int
 def _load_part(part: str, state: dict[str, torch.Tensor], cfg: RunConfig, *, vocab_size: int,
                pad_id: int):
     """A freshly built HF model of `part` holding that part's weights from `state`."""
-    from fast_electra_ds.models import build_discriminator, build_generator
+    from fast_electra_ds.method.models import build_discriminator, build_generator
 
     if part == "discriminator":
         model = build_discriminator(cfg.model, vocab_size=vocab_size, pad_id=pad_id)

@@ -27,23 +27,30 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from fast_electra_ds import checkpoint, evaluation
 from fast_electra_ds.config import RunConfig, resolve_path
 from fast_electra_ds.data.loader import DataInfo, build_loader, open_datasets
-from fast_electra_ds.ds_config import (load_ds_config, precision, resolve_ds_config,
-                                       write_resolved, zero_stage)
-from fast_electra_ds.engine import DistEnv, build_engine, init_distributed
+from fast_electra_ds.data.masking import MaskedBatch, Masker
 from fast_electra_ds.errors import UserError
-from fast_electra_ds.evaluation import EvalSet
-from fast_electra_ds.flops import Encoder, run_step_flops
-from fast_electra_ds.fused import resolve_kernels
-from fast_electra_ds.generator import FrozenGenerator, corrupt
-from fast_electra_ds.logger import MetricsLogger
-from fast_electra_ds.masking import MaskedBatch, Masker
-from fast_electra_ds.metrics import reduce_metrics
-from fast_electra_ds.models import build_discriminator, build_generator
-from fast_electra_ds.objectives import ElectraObjective, FastElectraObjective, MLMObjective
-from fast_electra_ds.temperature import temperature
+from fast_electra_ds.method.frozen_generator import FrozenGenerator
+from fast_electra_ds.method.kernel_switch import resolve_kernels
+from fast_electra_ds.method.models import build_discriminator, build_generator
+from fast_electra_ds.method.objectives import ElectraObjective, FastElectraObjective, MLMObjective
+from fast_electra_ds.method.sampling import corrupt
+from fast_electra_ds.method.temperature import temperature
+from fast_electra_ds.training import checkpoint, evaluation
+from fast_electra_ds.training.ds_config import (
+    load_ds_config,
+    precision,
+    resolve_ds_config,
+    write_resolved,
+    zero_stage,
+)
+from fast_electra_ds.training.engine import DistEnv, build_engine, init_distributed
+from fast_electra_ds.training.evaluation import EvalSet
+from fast_electra_ds.training.flops import Encoder, run_step_flops
+from fast_electra_ds.training.logger import MetricsLogger
+from fast_electra_ds.training.metrics import reduce_metrics
+
 
 @dataclass
 class PretrainResult:

@@ -1,313 +1,24 @@
-"""The auxiliary masked LM and how replacements are drawn from it.
-
-Three layers, each usable alone:
-
-  masked_logits      run a HF masked LM, but apply its output head only at the K selected
-                     positions of each sequence ([B, K, V] instead of [B, L, V]: the vocabulary
-                     projection is most of a small generator's cost). `masked_hidden`,
-                     `output_projection` expose the two halves for a fused sampling kernel.
-  sample_replacements  Gumbel-max sampling from softmax(logits / T) with counter-based noise
-                     (rng.py): a draw depends only on (seed, sample id, slot, vocab id).
-  corrupt_from_logits  ELECTRA's corruption: every selected position of the ORIGINAL sequence
-                     gets a sample; the RTD label is 1 where the sample differs from the original.
-  corrupt            all of the above for one MaskedBatch and any masked LM (frozen or trained);
-                     with fused=True (config kernels) the fused Triton sampler replaces the
-                     logits and sampling (fused.py): same draws, no [B, K, V] tensor.
-
-`FrozenGenerator` (mode=fast-electra) loads a trained masked LM, checks that it fits the data,
-freezes it, and runs it outside the training engine. The jointly trained generator of
-mode=electra uses the same functions from objectives.py.
-
-Metric keys returned here are sums and counts; objectives.finalize_metrics turns them into rates.
+"""The frozen generator of mode=fast-electra: a trained masked LM, loaded, checked against the
+data, frozen, and run outside the training engine (fp16 through DeepSpeed-Inference on GPU).
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from fast_electra_ds import fused, rng
+from fast_electra_ds.data.masking import MaskedBatch
 from fast_electra_ds.errors import UserError
-from fast_electra_ds.masking import MaskedBatch
-
-_log = logging.getLogger(__name__)
-
-# Rows of [*, V] fp32 scratch handled at once when sampling: bounds the temporary memory of the
-# eager sampler (logits copy, noise, softmax) to a few hundred MB whatever B * K is.
-_SAMPLE_CHUNK_ELEMENTS = 1 << 25
-_SAMPLE_CHUNK_ELEMENTS_CPU = 1 << 18
+from fast_electra_ds.method.mlm_head import masked_logits, mlm_head, unwrap
+from fast_electra_ds.method.sampling import corrupt
 
 # Files whose presence in a model folder means it carries a tokenizer to check against the data.
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json",
                     "spiece.model", "sentencepiece.bpe.model")
 
-_fallback_warned: set[str] = set()
-
-
-# --------------------------------------------------------------------------------------------
-# The masked-LM head, applied at the selected positions only
-
-
-@dataclass(frozen=True)
-class MLMHead:
-    """A masked LM split into the parts the masked-only forward needs."""
-
-    encoder: nn.Module  # (input_ids, attention_mask) -> output whose [0] is hidden [B, L, H]
-    transform: Callable[[torch.Tensor], torch.Tensor]  # [..., H] -> [..., E], before the decoder
-    decoder: nn.Linear  # E -> V, the output projection (usually tied to the word embeddings)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The HF model inside a DeepSpeed InferenceEngine (or the model itself)."""
-    from transformers import PreTrainedModel
-
-    while not isinstance(model, PreTrainedModel) and hasattr(model, "module"):
-        model = model.module
-    return model
-
-
-def mlm_head(model: nn.Module) -> MLMHead | None:
-    """The parts of a supported masked LM, or None for an architecture not listed here."""
-    from transformers import (BertForMaskedLM, DistilBertForMaskedLM, ElectraForMaskedLM,
-                              RobertaForMaskedLM, XLMRobertaForMaskedLM)
-    from transformers.activations import gelu
-
-    model = unwrap(model)
-    if isinstance(model, ElectraForMaskedLM):
-        return MLMHead(model.electra, model.generator_predictions, model.generator_lm_head)
-    if isinstance(model, BertForMaskedLM):
-        head = model.cls.predictions
-        return MLMHead(model.bert, head.transform, head.decoder)
-    if isinstance(model, (RobertaForMaskedLM, XLMRobertaForMaskedLM)):
-        lm = model.lm_head  # RobertaLMHead.forward without its decoder: dense, gelu, layer_norm
-        return MLMHead(model.roberta, lambda h: lm.layer_norm(gelu(lm.dense(h))), lm.decoder)
-    if isinstance(model, DistilBertForMaskedLM):
-        return MLMHead(model.distilbert,
-                       lambda h: model.vocab_layer_norm(model.activation(model.vocab_transform(h))),
-                       model.vocab_projector)
-    return None
-
-
-def _require_head(model: nn.Module) -> MLMHead:
-    head = mlm_head(model)
-    if head is None:
-        raise ValueError(f"{type(unwrap(model)).__name__} has no masked-only head path; use "
-                         f"masked_logits, which falls back to full logits")
-    return head
-
-
-def head_transform(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """Encoder states [..., H] -> the decoder's input [..., E] (the head minus its projection)."""
-    return _require_head(model).transform(hidden)
-
-
-def output_projection(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """(weight [V, E], bias [V]) of the output projection: logits = h @ weight.T + bias.
-
-    Direct parameter access, meant for the frozen generator (never ZeRO-partitioned); a ZeRO-3
-    trained model would need deepspeed.zero.GatheredParameters around it.
-    """
-    decoder = _require_head(model).decoder
-    bias = decoder.bias if decoder.bias is not None else decoder.weight.new_zeros(
-        decoder.weight.shape[0])
-    return decoder.weight, bias
-
-
-def segment_kwargs(model: nn.Module, token_type_ids: torch.Tensor | None) -> dict:
-    """{"token_type_ids": ...} for a model with segment embeddings, else {}: RoBERTa-style
-    masked LMs have one token type (type_vocab_size 1), DistilBERT none, and a type-1 id would
-    index past their table."""
-    if token_type_ids is None or getattr(unwrap(model).config, "type_vocab_size", 0) < 2:
-        return {}
-    return {"token_type_ids": token_type_ids}
-
-
-def masked_hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                  positions: torch.Tensor, token_type_ids: torch.Tensor | None = None
-                  ) -> torch.Tensor:
-    """[B, K, E] decoder inputs at `positions` [B, K]: encoder, gather, head transform."""
-    head = _require_head(model)
-    hidden = head.encoder(input_ids=input_ids, attention_mask=attention_mask,
-                          **segment_kwargs(model, token_type_ids))[0]  # [B, L, H]
-    index = positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])  # [B, K, H]
-    return head.transform(torch.gather(hidden, 1, index))  # [B, K, E]
-
-
-def masked_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                  positions: torch.Tensor, token_type_ids: torch.Tensor | None = None
-                  ) -> torch.Tensor:
-    """[B, K, V] logits of a masked LM at `positions` [B, K], in the model's dtype.
-
-    Supported architectures (see `mlm_head`) run the vocabulary projection on the K selected
-    positions only. Any other masked LM computes logits everywhere, then gathers (warned once).
-    """
-    head = mlm_head(model)
-    if head is not None:
-        # the decoder is called as a module, not as F.linear on its weight: under ZeRO-3 (the
-        # trained generator of mode=electra/mlm) a module call is what gathers its parameters
-        return head.decoder(masked_hidden(model, input_ids, attention_mask, positions,
-                                          token_type_ids))
-    name = type(unwrap(model)).__name__
-    if name not in _fallback_warned:
-        _fallback_warned.add(name)
-        _log.warning("%s: no masked-only head path; computing logits at every position, then "
-                     "gathering (slower, same result)", name)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask,
-                   **segment_kwargs(model, token_type_ids)).logits  # [B, L, V]
-    index = positions.unsqueeze(-1).expand(-1, -1, logits.shape[-1])  # [B, K, V]
-    return torch.gather(logits, 1, index)
-
-
-# --------------------------------------------------------------------------------------------
-# Sampling and corruption
-
-
-@torch.no_grad()
-def sample_replacements(logits: torch.Tensor, *, temperature: float, seed: int,
-                        sample_ids: torch.Tensor,
-                        weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-    """Draw one token per slot from softmax(logits / T), reproducibly.
-
-    logits: [B, K, V] (any float dtype; the arithmetic is fp32). sample_ids: [B] global sample
-    index of each sequence; slot k of sample s uses the noise row s * K + k, so a draw does not
-    depend on batch composition, rank layout or device. weights: [B, K], 0 on unused slots
-    (default: all used); only used slots count in the stats.
-
-    Returns sampled [B, K] int64 and stats {"gen_entropy_sum": sum over used slots of the
-    entropy (nats) of softmax(logits / T)}, a float64 scalar tensor.
-    """
-    assert temperature > 0, temperature
-    b, k, v = logits.shape
-    rows = noise_rows(sample_ids.to(logits.device), k)  # [B*K]
-    flat = logits.reshape(b * k, v)  # [N, V]
-    sampled = torch.empty(b * k, dtype=torch.int64, device=logits.device)  # [N]
-    entropy = torch.empty(b * k, dtype=torch.float32, device=logits.device)  # [N]
-    # on CPU, chunks small enough that the in-place noise passes stay in cache
-    chunk_elements = _SAMPLE_CHUNK_ELEMENTS if logits.is_cuda else _SAMPLE_CHUNK_ELEMENTS_CPU
-    chunk = max(1, chunk_elements // v)
-    for start in range(0, b * k, chunk):
-        end = min(start + chunk, b * k)
-        z = flat[start:end].float() / temperature  # [n, V]
-        # Gumbel-max: argmax(z + g) with g ~ Gumbel(0, 1) iid is an exact draw from softmax(z)
-        sampled[start:end] = (z + rng.gumbel_noise(seed, rows[start:end], v)).argmax(-1)
-        entropy[start:end] = torch.special.entr(torch.softmax(z, dim=-1)).sum(-1)
-    sampled = sampled.view(b, k)
-    used = torch.ones(b, k, device=logits.device) if weights is None else (weights > 0).float()
-    stats = {"gen_entropy_sum": (entropy.view(b, k) * used).sum().double()}
-    return sampled, stats
-
-
-def replace_at_positions(input_ids: torch.Tensor, positions: torch.Tensor, weights: torch.Tensor,
-                         sampled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The discriminator's input and targets.
-
-    input_ids [B, L] are the ORIGINAL tokens (not the generator's masked input): every used slot
-    (weights > 0) of `positions` [B, K] takes its sample [B, K], whether the masker turned it into
-    [MASK] or kept it (ELECTRA). Returns corrupted_ids [B, L] int64 and rtd_labels [B, L] float32,
-    1.0 where the token now differs from the original (a sample equal to the original is 0).
-    """
-    b, length = input_ids.shape
-    used = weights > 0  # [B, K]
-    # Unused slots write into a scratch column L that is then dropped: no host sync (nonzero),
-    # and an unused slot's dummy position can never overwrite a used one.
-    index = torch.where(used, positions, torch.full_like(positions, length))  # [B, K]
-    extended = torch.cat([input_ids, input_ids.new_zeros(b, 1)], dim=1)  # [B, L + 1]
-    extended.scatter_(1, index, sampled.to(input_ids.dtype))
-    corrupted = extended[:, :length]  # [B, L]
-    rtd_labels = (corrupted != input_ids).float()  # [B, L]
-    return corrupted, rtd_labels
-
-
-@torch.no_grad()
-def mlm_counts(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> dict:
-    """{"num_slots", "mlm_correct"}: used slots, and those where argmax(logits) is the label."""
-    used = weights > 0  # [B, K]
-    return {"num_slots": used.sum().double(),
-            "mlm_correct": ((logits.argmax(-1) == labels) & used).sum().double()}
-
-
-@torch.no_grad()
-def corrupt_from_logits(logits: torch.Tensor, *, input_ids: torch.Tensor,
-                        positions: torch.Tensor, weights: torch.Tensor, sample_ids: torch.Tensor,
-                        temperature: float, seed: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Generator logits [B, K, V] -> (corrupted_ids [B, L], rtd_labels [B, L], metrics).
-
-    No gradient flows through sampling (ELECTRA). metrics: gen_entropy_sum (entropy at T over used
-    slots) and gen_num_replaced (used slots whose sample differs from the original; since used
-    positions are distinct, this is rtd_labels.sum()).
-    """
-    sampled, stats = sample_replacements(logits, temperature=temperature, seed=seed,
-                                         sample_ids=sample_ids, weights=weights)
-    corrupted, rtd_labels = replace_at_positions(input_ids, positions, weights, sampled)
-    metrics = {**stats, "gen_num_replaced": rtd_labels.sum().double()}
-    return corrupted, rtd_labels, metrics
-
-
-def noise_rows(sample_ids: torch.Tensor, num_slots: int) -> torch.Tensor:
-    """[B * K] int64 RNG rows: slot k of sample s draws with row s * K + k (see
-    sample_replacements), whichever sampler runs."""
-    slots = torch.arange(num_slots, dtype=torch.int64, device=sample_ids.device)
-    return (sample_ids.to(torch.int64)[:, None] * num_slots + slots).reshape(-1)
-
-
-@torch.no_grad()  # not inference_mode: the outputs feed the discriminator's backward pass
-def corrupt(model: nn.Module, batch: MaskedBatch, *, temperature: float, seed: int,
-            fused: bool = False) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Run a masked LM on `batch` and build the discriminator's input from its samples.
-
-    Returns corrupted_ids [B, L] int64, rtd_labels [B, L] float32 and metrics (float64 scalar
-    tensors, sums and counts): num_slots, mlm_correct (argmax at a used slot is the original
-    token), gen_entropy_sum (at T), gen_num_replaced. `model` and `batch` on the same device.
-
-    fused: sample with the fused Triton kernel (fused.sample) instead of building [B, K, V]
-    logits; needs an architecture with a masked-only head (`mlm_head`) and parameters that are
-    not ZeRO-3 partitioned (`output_projection`), as a frozen generator's are.
-    """
-    if fused:
-        return _corrupt_fused(model, batch, temperature=temperature, seed=seed)
-    logits = masked_logits(model, batch.masked_ids, batch.attention_mask, batch.positions,
-                           batch.token_type_ids)  # [B, K, V]
-    corrupted, rtd_labels, metrics = corrupt_from_logits(
-        logits, input_ids=batch.input_ids, positions=batch.positions, weights=batch.weights,
-        sample_ids=batch.sample_ids, temperature=temperature, seed=seed)
-    return corrupted, rtd_labels, {**mlm_counts(logits, batch.labels, batch.weights), **metrics}
-
-
-def _corrupt_fused(model: nn.Module, batch: MaskedBatch, *, temperature: float,
-                   seed: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """`corrupt` through the fused sampler: the same outputs from the decoder's input [B, K, E].
-
-    Every slot is sampled, used or not, as in the eager path: static shapes, no host sync to
-    pick the used ones (with packed data almost all slots are used); unused slots are dropped by
-    replace_at_positions and left out of the metrics.
-    """
-    assert temperature > 0, temperature
-    h = masked_hidden(model, batch.masked_ids, batch.attention_mask, batch.positions,
-                      batch.token_type_ids)  # [B, K, E]
-    b, k, e = h.shape
-    weight, bias = output_projection(model)  # [V, E], [V]
-    out = fused.sample(h.reshape(b * k, e), weight, bias, temperature=temperature, seed=seed,
-                       rows=noise_rows(batch.sample_ids.to(h.device), k))  # each [B * K]
-    sampled = out.tokens.view(b, k)
-    corrupted, rtd_labels = replace_at_positions(batch.input_ids, batch.positions, batch.weights,
-                                                 sampled)
-    used = batch.weights > 0  # [B, K]
-    metrics = {
-        "num_slots": used.sum().double(),
-        "mlm_correct": ((out.argmax.view(b, k) == batch.labels) & used).sum().double(),
-        "gen_entropy_sum": (out.entropy.view(b, k) * used).sum().double(),
-        "gen_num_replaced": rtd_labels.sum().double(),
-    }
-    return corrupted, rtd_labels, metrics
-
-
-# --------------------------------------------------------------------------------------------
-# The frozen generator of mode=fast-electra
 
 
 def _has_injection_policy(model: nn.Module) -> bool:
@@ -352,7 +63,7 @@ class FrozenGenerator:
         one the data lacks); each must match the folder's tokenizer when it has one.
         vocab: optionally the data's full token -> id map, compared with that tokenizer's.
         dtype: auto (fp16 on CUDA, fp32 on CPU), fp16 (CUDA only), bf16 or fp32.
-        fused: sample with the fused Triton kernel (fast_electra_ds.fused.resolve_kernels says
+        fused: sample with the fused Triton kernel (fast_electra_ds.method.kernel_switch.resolve_kernels says
         whether it runs); an architecture without a masked-only head keeps the eager sampler.
         """
         device = torch.device(device)

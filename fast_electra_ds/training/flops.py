@@ -49,7 +49,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fast_electra_ds.config import GeneratorConfig, ModelConfig, RunConfig
-from fast_electra_ds.masking import num_predictions
+from fast_electra_ds.data.masking import num_predictions
 
 MASK_PROB = 0.15
 PAPER_SEQ_LEN = 512

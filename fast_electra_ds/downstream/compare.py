@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from fast_electra_ds.errors import UserError
-from fast_electra_ds.evaluation import read_record
+from fast_electra_ds.training.evaluation import read_record
 
 TRAIN_COLUMNS = [
     ("run", "run"), ("mode", "mode"), ("steps", "steps"),

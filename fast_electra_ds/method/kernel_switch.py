@@ -22,10 +22,10 @@ import importlib
 from collections.abc import Callable
 
 import torch
-
-from fast_electra_ds.errors import UserError
 from fast_electra_kernels import SampleOutput, fused_rtd_loss, fused_sample
 from fast_electra_kernels._dispatch import interpreting
+
+from fast_electra_ds.errors import UserError
 
 
 def resolve_kernels(setting: str, device: torch.device | str, *,

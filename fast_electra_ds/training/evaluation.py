@@ -34,12 +34,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from fast_electra_ds import generator as gen
 from fast_electra_ds.data.loader import DataInfo, MaskingCollate, packed_sequences
+from fast_electra_ds.data.masking import MaskedBatch, Masker
 from fast_electra_ds.errors import UserError
-from fast_electra_ds.masking import MaskedBatch, Masker
-from fast_electra_ds.metrics import binary_auc, gather_1d, reduce_metrics
-from fast_electra_ds.objectives import mlm_loss, rtd_loss
+from fast_electra_ds.method import frozen_generator, mlm_head, sampling
+from fast_electra_ds.method.objectives import mlm_loss, rtd_loss
+from fast_electra_ds.training.metrics import binary_auc, gather_1d, reduce_metrics
 
 JUDGE_TEMPERATURE = 1.0  # the judge's own distribution: the hardest test it can set
 JUDGE_SEED_OFFSET = 7919  # the judge's sampling noise is apart from the masks' (same eval seed)
@@ -109,7 +109,7 @@ def load_judge(path_or_hub_id: str, data_info: DataInfo, *, device: torch.device
     """The judge in fp32 on `device` (fp32 everywhere, so that a GPU run and a CPU run draw the
     same samples up to near-ties), checked against the data like a generator, and the digest of
     its weights."""
-    model, source = gen.load_masked_lm(path_or_hub_id, vocab_size=data_info.vocab_size,
+    model, source = frozen_generator.load_masked_lm(path_or_hub_id, vocab_size=data_info.vocab_size,
                                        special_ids=data_info.special_token_ids, logger=logger,
                                        what="eval.judge")
     return model.to(device), weights_digest(model)
@@ -188,7 +188,7 @@ def build_eval_set(paths: Sequence[str], data_info: DataInfo, *, judge: nn.Modul
     corrupted, labels, sums = [], [], []
     with torch.no_grad():
         for _, chunk in eval_set.chunks(batch_size):
-            ids_, labels_, stats = gen.corrupt(judge, chunk.to(device),
+            ids_, labels_, stats = sampling.corrupt(judge, chunk.to(device),
                                                temperature=JUDGE_TEMPERATURE,
                                                seed=seed + JUDGE_SEED_OFFSET)
             corrupted.append(ids_.cpu())
@@ -257,7 +257,7 @@ def score_masked_lm(model: nn.Module, eval_set: EvalSet, *, device: torch.device
     sums = []
     for _, chunk in eval_set.chunks(batch_size):
         chunk = chunk.to(device)
-        logits = gen.masked_logits(model, chunk.masked_ids, chunk.attention_mask,
+        logits = mlm_head.masked_logits(model, chunk.masked_ids, chunk.attention_mask,
                                    chunk.positions, chunk.token_type_ids)  # [b, K, V]
         sums.append(mlm_loss(logits, chunk.labels, chunk.weights)[1])
     return reduce_metrics(sums)
@@ -308,7 +308,7 @@ def evaluate_models(targets: Sequence[str], *, judge: str, data: Sequence[str],
     """Score discriminators (run directories, exports, HF folders) on one evaluation set; one
     process. Returns the set and a row per target (the metrics, name, step, source)."""
     from fast_electra_ds.data.loader import open_datasets
-    from fast_electra_ds.export import load_discriminator
+    from fast_electra_ds.downstream.export import load_discriminator
 
     torch_device = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
                                 else "cpu" if device == "auto" else device)

@@ -36,9 +36,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fast_electra_ds import fused as fused_kernels
-from fast_electra_ds import generator as gen
-from fast_electra_ds.models import tie_embeddings
+from fast_electra_ds.method import kernel_switch as fused_kernels
+from fast_electra_ds.method import mlm_head, sampling
+from fast_electra_ds.method.models import tie_embeddings
 
 _RTD_TOKENS = ("rtd_replaced_total", "rtd_original_total")  # together: the non-padding tokens
 
@@ -101,7 +101,7 @@ def mlm_loss(logits: torch.Tensor, labels: torch.Tensor,
     loss_sum = (per_slot * weights).sum()
     loss = loss_sum / weights.sum().clamp_min(1)
     return loss, {"mlm_loss_sum": loss_sum.detach().double(),
-                  **gen.mlm_counts(logits, labels, weights)}
+                  **sampling.mlm_counts(logits, labels, weights)}
 
 
 def _loss_metrics(loss: torch.Tensor) -> dict:
@@ -199,10 +199,10 @@ class ElectraObjective(nn.Module):
                 positions: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
                 sample_ids: torch.Tensor, temperature: float, seed: int) -> dict:
         """The fields of a MaskedBatch (all [B, L] or [B, K], sample_ids [B]), T and the seed."""
-        gen_logits = gen.masked_logits(self.generator, masked_ids, attention_mask, positions,
+        gen_logits = mlm_head.masked_logits(self.generator, masked_ids, attention_mask, positions,
                                        token_type_ids)  # [B, K, V]
         mlm, mlm_metrics = mlm_loss(gen_logits, labels, weights)
-        corrupted_ids, rtd_labels, gen_metrics = gen.corrupt_from_logits(
+        corrupted_ids, rtd_labels, gen_metrics = sampling.corrupt_from_logits(
             gen_logits.detach(), input_ids=input_ids, positions=positions, weights=weights,
             sample_ids=sample_ids, temperature=temperature, seed=seed)  # [B, L], [B, L]
         if self.fused:
@@ -232,7 +232,7 @@ class MLMObjective(nn.Module):
     def forward(self, masked_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor, positions: torch.Tensor, labels: torch.Tensor,
                 weights: torch.Tensor) -> dict:
-        logits = gen.masked_logits(self.generator, masked_ids, attention_mask, positions,
+        logits = mlm_head.masked_logits(self.generator, masked_ids, attention_mask, positions,
                                    token_type_ids)  # [B, K, V]
         loss, metrics = mlm_loss(logits, labels, weights)
         return {"loss": loss, **_loss_metrics(loss), **metrics}

@@ -1,0 +1,1 @@
+"""After pretraining: export, GLUE fine-tuning, comparing runs."""

@@ -1,34 +1,12 @@
 #!/usr/bin/env bash
 # Fast-ELECTRA pretraining, ELECTRA-Base shape (recipe `base`: 12 layers, hidden 768,
 # 766k steps of 256 x 512 tokens, ZeRO-2 bf16), on one or many GPU nodes.
-#
+# Start it either way (the first starts the DeepSpeed launcher, flags from the environment):
 #   bash launch_scripts/pretrain_base.sh [key=value ...]
-#       starts the DeepSpeed launcher itself, configured by the variables below
 #   deepspeed [launcher flags] launch_scripts/pretrain_base.sh [key=value ...]
-#       the same run, launcher flags given by you
-#
-# key=value arguments are run-config overrides (`fast-electra config --list` shows every key),
-# e.g. train.micro_batch_size=16 optim.lr=1e-4.
-#
-# Environment (all optional):
-#   DATA           data.paths: prepared dataset folder(s), comma-separated
-#   GENERATOR      generator.path: the frozen generator folder (train_generator.sh writes
-#                  one); default runs/base-mlm/generator
-#   RUN_DIR        run_dir: the output folder; default runs/base
-#   DS_CONFIG      ds_config: the DeepSpeed JSON; default ds_configs/zero2_bf16.json
-#   HOSTFILE       MPI-style hostfile, `node-1 slots=8` per line; unset = this machine only
-#   GPUS_PER_NODE  ranks per node (alias NUM_GPUS; default: every visible GPU)
-#   NUM_NODES, MASTER_ADDR, MASTER_PORT, NODE_RANK, LAUNCHER, LAUNCHER_ARGS, RECIPE: see
-#                  fast_electra_ds/training/launch.py; PYTHON: the interpreter (default: the repo's .venv, else
-#                  python3)
-#   Multi-node: the bash form passes DATA..DS_CONFIG to every node on the command line; anything
-#   else the remote ranks need (HF_HOME, WANDB_*, LD_LIBRARY_PATH, ...) goes into .deepspeed_env
-#   in the working directory or $HOME, one KEY=VALUE per line (README: "Running on a cluster").
-#
-# This file is bash and Python at once. Bash runs the block below, which starts the launcher and
-# never returns (the Python code after it is a here-document to bash, so `bash -n` passes too).
-# Python reads that block as a string literal and runs the code after it, once per rank (the
-# launcher starts every rank as `python -u THIS_FILE --local_rank=N ...`).
+# key=value: run-config overrides, e.g. train.micro_batch_size=16 optim.lr=1e-4.
+# The environment variables, how this file is bash and Python at once, and multi-node runs:
+# the docstring of fast_electra_ds/training/launch.py.
 """:"
 root=$(cd "$(dirname "$0")/.." && pwd)
 [ -n "${PYTHON:-}" ] || { PYTHON="$root/.venv/bin/python"; [ -x "$PYTHON" ] || PYTHON=python3; }  # make setup's venv

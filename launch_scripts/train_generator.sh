@@ -1,35 +1,13 @@
 #!/usr/bin/env bash
 # Train the generator that a Fast-ELECTRA run keeps frozen: mode=mlm on the generator shape of
-# recipe $RECIPE (default small; tiny, small, base, large or a YAML path), written as a HF
-# masked-LM folder to RUN_DIR/generator -- the default GENERATOR of pretrain_$RECIPE.sh.
-#
+# recipe RECIPE (default small; or --recipe=NAME), written as a HF masked-LM folder to
+# runs/<recipe>-mlm/generator, the default GENERATOR of pretrain_<recipe>.sh.
+# Start it either way (the first starts the DeepSpeed launcher, flags from the environment):
 #   bash launch_scripts/train_generator.sh [key=value ...]
-#       starts the DeepSpeed launcher itself, configured by the variables below
 #   deepspeed [launcher flags] launch_scripts/train_generator.sh [key=value ...]
-#       the same run, launcher flags given by you
-#
-# key=value arguments are run-config overrides (`fast-electra config --list` shows every key),
-# e.g. train.steps=100000 generator.num_layers=6.
-#
-# Environment (all optional):
-#   RECIPE         run recipe whose generator.* shape is trained (default small); or pass
-#                  --recipe=NAME among the arguments
-#   DATA           data.paths: prepared dataset folder(s), comma-separated
-#   RUN_DIR        run_dir: the output folder; default runs/$RECIPE-mlm
-#   DS_CONFIG      ds_config: the DeepSpeed JSON; default the recipe's
-#   HOSTFILE       MPI-style hostfile, `node-1 slots=8` per line; unset = this machine only
-#   GPUS_PER_NODE  ranks per node (alias NUM_GPUS; default: every visible GPU)
-#   NUM_NODES, MASTER_ADDR, MASTER_PORT, NODE_RANK, LAUNCHER, LAUNCHER_ARGS: see
-#                  fast_electra_ds/training/launch.py; PYTHON: the interpreter (default: the repo's .venv, else
-#                  python3)
-#   Multi-node: the bash form passes DATA..DS_CONFIG to every node on the command line; anything
-#   else the remote ranks need (HF_HOME, WANDB_*, LD_LIBRARY_PATH, ...) goes into .deepspeed_env
-#   in the working directory or $HOME, one KEY=VALUE per line (README: "Running on a cluster").
-#
-# This file is bash and Python at once. Bash runs the block below, which starts the launcher and
-# never returns (the Python code after it is a here-document to bash, so `bash -n` passes too).
-# Python reads that block as a string literal and runs the code after it, once per rank (the
-# launcher starts every rank as `python -u THIS_FILE --local_rank=N ...`).
+# key=value: run-config overrides, e.g. train.steps=100000 generator.num_layers=6.
+# The environment variables, how this file is bash and Python at once, and multi-node runs:
+# the docstring of fast_electra_ds/training/launch.py.
 """:"
 root=$(cd "$(dirname "$0")/.." && pwd)
 [ -n "${PYTHON:-}" ] || { PYTHON="$root/.venv/bin/python"; [ -x "$PYTHON" ] || PYTHON=python3; }  # make setup's venv

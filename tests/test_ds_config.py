@@ -7,14 +7,8 @@ import pytest
 
 from fast_electra_ds.config import REPO_ROOT, load_config
 from fast_electra_ds.errors import UserError
-from fast_electra_ds.training.ds_config import (
-    KNOWN_KEYS,
-    check_keys,
-    load_ds_config,
-    precision,
-    resolve_ds_config,
-    zero_stage,
-)
+from fast_electra_ds.training.ds_config import (KNOWN_KEYS, check_keys, load_ds_config, precision,
+                                                resolve_ds_config, zero_stage)
 
 BUNDLED = sorted((REPO_ROOT / "ds_configs").glob("*.json"))
 

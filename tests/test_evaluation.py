@@ -15,8 +15,9 @@ from fast_electra_ds.config import load_config
 from fast_electra_ds.data.loader import open_datasets
 from fast_electra_ds.method.objectives import rtd_loss
 from fast_electra_ds.training import evaluation, loop
-from fast_electra_ds.training.flops import Encoder, run_step_flops
-from fast_electra_ds.training.metrics import binary_auc
+from fast_electra_ds.data.masking import num_predictions
+from fast_electra_ds.method import flops
+from fast_electra_ds.metrics import binary_auc
 
 FIELDS = ("input_ids", "attention_mask", "masked_ids", "positions", "labels", "weights",
           "sample_ids")
@@ -168,11 +169,16 @@ def test_both_modes_are_scored_on_one_set_and_evaluate_agrees(tmp_path, tiny_dat
             assert 0.0 <= evals[-1][key] <= 1.0, key
         assert 0 < evals[0]["train_seconds"] < evals[1]["train_seconds"]
         cfg = load_config(str(run / "config.yaml"))
-        shape = (Encoder.from_hf_config(fast_result.frozen_generator.hf_model.config)
-                 if mode == "fast-electra" else Encoder.generator(cfg.generator,
-                                                                  cfg.model.embedding_size))
-        per_step = run_step_flops(cfg, vocab_size=_info(tiny_dataset).vocab_size,
-                                  generator=shape)
+        # the FLOP axis, by hand: discriminator 3x forward; generator 1x (frozen) or 3x (joint)
+        gen = (flops.Encoder.from_hf_config(fast_result.frozen_generator.hf_model.config)
+               if mode == "fast-electra" else flops.Encoder.generator(cfg.generator,
+                                                                        cfg.model.embedding_size))
+        seq_len, vocab = cfg.data.seq_len, _info(tiny_dataset).vocab_size
+        disc = flops.discriminator_flops(flops.Encoder.discriminator(cfg.model), seq_len)
+        aux = flops.generator_flops(gen, seq_len, num_predictions(seq_len, cfg.masking.mask_prob),
+                                    vocab)
+        per_step = cfg.train.global_batch_size * (3 * disc + (1 if mode == "fast-electra" else 3)
+                                                  * aux)
         assert [r["train_flops"] for r in evals] == [15 * per_step, 30 * per_step]
     assert "mlm_accuracy" in _evals(joint)[-1]  # electra's own generator, on the same masks
 

@@ -2,7 +2,7 @@
 
 The fused sampler (generator.corrupt, FrozenGenerator) and the fused RTD loss (the discriminator
 objectives) must compute what the torch references compute. Without a GPU the kernels run on CPU
-under TRITON_INTERPRET=1, in a child process (fast_electra_kernels.testing); everything is fp32.
+under TRITON_INTERPRET=1, in a child process (tests/helpers/kernel_testing.py); everything is fp32.
 
 Tolerances:
   corruption   identical corrupted ids, RTD labels and counts, on inputs whose two largest
@@ -27,62 +27,41 @@ from pathlib import Path
 import pytest
 import torch
 from fast_electra_kernels import counter_rng
+from helpers import tiny
 from transformers import ElectraConfig, ElectraForMaskedLM
 
-from fast_electra_ds.config import GeneratorConfig, ModelConfig, load_config
-from fast_electra_ds.data.masking import MaskedBatch, Masker
+from fast_electra_ds.config import load_config
+from fast_electra_ds.data.masking import MaskedBatch
 from fast_electra_ds.errors import UserError
 from fast_electra_ds.method import frozen_generator, mlm_head, sampling
 from fast_electra_ds.method import kernel_switch as fused_kernels
 from fast_electra_ds.method.kernel_switch import resolve_kernels
-from fast_electra_ds.method.models import build_discriminator, build_generator
+from fast_electra_ds.method.models import build_generator
 from fast_electra_ds.method.objectives import ElectraObjective, FastElectraObjective
 
 pytest.importorskip("triton")
 from fast_electra_kernels._dispatch import interpreting  # noqa: E402
-from fast_electra_kernels.testing import (  # noqa: E402, F401 (a test pytest collects here)
+from helpers.kernel_testing import (  # noqa: E402, F401 (a test pytest collects here)
     KERNEL_DEVICE as DEVICE, kernel_test, test_kernels_in_interpreter_process)
 
 GAP = 1e-5
-VOCAB, SEQ_LEN = 300, 24  # 300: several of the sampler's 128-column tiles, the last partial
-SPECIAL = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
+VOCAB = 300  # several of the sampler's 128-column tiles, the last partial
 LOSS_TOL = dict(rtol=1e-5, atol=1e-6)
 GRAD_TOL = dict(rtol=1e-5, atol=1e-7)
 TRAIN_TOL = dict(rtol=1e-5, atol=1e-6)
 
 
-def make_batch(batch: int = 6, seed: int = 0, device: str = DEVICE) -> MaskedBatch:
-    """Random ordinary tokens; the last row half padding, so that it has unused slots."""
-    g = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(5, VOCAB, (batch, SEQ_LEN), generator=g)  # [B, L]
-    input_ids[:, 0], input_ids[:, -1] = SPECIAL["cls"], SPECIAL["sep"]
-    attention_mask = torch.ones_like(input_ids)
-    attention_mask[-1, SEQ_LEN // 2:] = 0
-    input_ids[-1, SEQ_LEN // 2:] = SPECIAL["pad"]
-    input_ids[-1, SEQ_LEN // 2 - 1] = SPECIAL["sep"]
-    # two segments in the full rows: a [SEP] at a third, type 1 after it
-    input_ids[:-1, SEQ_LEN // 3] = SPECIAL["sep"]
-    token_type_ids = torch.zeros_like(input_ids)
-    token_type_ids[:-1, SEQ_LEN // 3 + 1:] = 1
-    masker = Masker(seq_len=SEQ_LEN, vocab_size=VOCAB, mask_id=SPECIAL["mask"],
-                    special_ids=list(SPECIAL.values()), seed=seed)
-    out = masker(input_ids, attention_mask, torch.arange(batch) + 10**6 * seed, token_type_ids)
+def make_batch(seed: int = 0) -> MaskedBatch:
+    """Six random two-segment sequences on DEVICE, the last with unused slots."""
+    out = tiny.make_batch(VOCAB, batch=6, seed=seed)
     assert (out.weights == 0).any() and (out.weights > 0).any()
-    return out.to(device)
-
-
-def electra_mlm(seed: int = 0) -> ElectraForMaskedLM:
-    torch.manual_seed(seed)
-    return ElectraForMaskedLM(ElectraConfig(
-        vocab_size=VOCAB, embedding_size=16, hidden_size=32, num_hidden_layers=2,
-        num_attention_heads=2, intermediate_size=64, max_position_embeddings=64,
-        pad_token_id=0)).eval().to(DEVICE)
+    return out.to(DEVICE)
 
 
 def assert_no_near_ties(model, batch: MaskedBatch, temperature: float, seed: int) -> None:
     """The premise of exact comparisons: clear winners for the draw and the argmax everywhere."""
     logits = mlm_head.masked_logits(model, batch.masked_ids, batch.attention_mask,
-                               batch.positions).float()  # [B, K, V]
+                                    batch.positions).float()  # [B, K, V]
     b, k, v = logits.shape
     z = logits.reshape(b * k, v) / temperature
     perturbed = z + counter_rng.gumbel_noise(seed, sampling.noise_rows(batch.sample_ids, k), v)
@@ -98,12 +77,12 @@ def assert_no_near_ties(model, batch: MaskedBatch, temperature: float, seed: int
 @kernel_test
 @pytest.mark.parametrize("temperature", [1.0, 1.7])
 def test_fused_corruption_matches_eager(temperature, monkeypatch):
-    model, batch = electra_mlm(), make_batch()
+    model, batch = tiny.electra_mlm(VOCAB).to(DEVICE), make_batch()
     assert_no_near_ties(model, batch, temperature, seed=42)
     # a random generator is almost never right: make the label its prediction at every other
     # slot, so that mlm_correct (the argmax) is compared on hits as well as misses
     predicted = mlm_head.masked_logits(model, batch.masked_ids, batch.attention_mask,
-                                  batch.positions).argmax(-1)  # [B, K]
+                                       batch.positions).argmax(-1)  # [B, K]
     every_other = torch.arange(batch.labels.numel(), device=DEVICE).view_as(batch.labels) % 2 == 0
     batch.labels = torch.where(every_other, predicted, batch.labels)
     eager = sampling.corrupt(model, batch, temperature=temperature, seed=42)
@@ -117,7 +96,7 @@ def test_fused_corruption_matches_eager(temperature, monkeypatch):
     monkeypatch.setattr(sampling, "masked_logits", never)
     monkeypatch.setattr(sampling, "sample_replacements", never)
     frozen = frozen_generator.FrozenGenerator(model, device=torch.device(DEVICE), source="test",
-                                 runtime="test", fused=True)
+                                              runtime="test", fused=True)
     fused = frozen.corrupt(batch, temperature=temperature, seed=42)
 
     assert torch.equal(fused[0], eager[0])  # corrupted ids [B, L]
@@ -133,23 +112,13 @@ def test_fused_corruption_matches_eager(temperature, monkeypatch):
 # --------------------------------------------------------------------------------------------
 # (b) objectives: the fused RTD loss gives the reference's loss, metrics and gradients
 
-MODEL_CFG = ModelConfig(num_layers=2, hidden_size=32, embedding_size=16, num_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, hidden_dropout=0.0,
-                        attention_dropout=0.0)
-GEN_CFG = GeneratorConfig(num_layers=2, hidden_size=24, num_heads=2, intermediate_size=48)
-
 
 def objective_pair(mode: str):
     """(reference, fused) objectives with identical weights, on DEVICE."""
-    torch.manual_seed(0)
-    disc = build_discriminator(MODEL_CFG, vocab_size=VOCAB, pad_id=0)
+    generator, disc = tiny.make_models(VOCAB)
     if mode == "fast-electra":
         reference = FastElectraObjective(disc)
     else:
-        generator = build_generator(GEN_CFG, embedding_size=MODEL_CFG.embedding_size,
-                                    max_position_embeddings=MODEL_CFG.max_position_embeddings,
-                                    vocab_size=VOCAB, pad_id=0, hidden_dropout=0.0,
-                                    attention_dropout=0.0)
         reference = ElectraObjective(generator, disc)
     fused = copy.deepcopy(reference)
     fused.fused = True
@@ -311,7 +280,7 @@ def test_frozen_generator_without_a_masked_only_head_keeps_the_eager_sampler(tmp
                                    num_hidden_layers=1, num_attention_heads=2,
                                    intermediate_size=64)).save_pretrained(tmp_path / "albert")
     logs: list[str] = []
-    load = dict(vocab_size=VOCAB, special_ids=SPECIAL, fused=True, logger=logs.append)
+    load = dict(vocab_size=VOCAB, special_ids=tiny.SPECIAL, fused=True, logger=logs.append)
     assert frozen_generator.FrozenGenerator.load(str(tmp_path / "electra"), **load).fused
     assert not frozen_generator.FrozenGenerator.load(str(tmp_path / "albert"), **load).fused
     assert "AlbertForMaskedLM has no masked-only head path" in logs[-1]

@@ -1,5 +1,5 @@
-"""generator.py: masked-only logits, reproducible temperature sampling, corruption, and the
-frozen generator's loading checks."""
+"""The generator's side (method/mlm_head.py, sampling.py, frozen_generator.py): masked-only
+logits, reproducible temperature sampling, corruption, and the frozen generator's loading checks."""
 
 from __future__ import annotations
 
@@ -8,38 +8,16 @@ import math
 
 import pytest
 import torch
+from helpers.tiny import SEQ_LEN, SPECIAL, VOCAB, electra_mlm, make_batch
 from torch.nn import functional as F
-from transformers import (
-    AlbertConfig,
-    AlbertForMaskedLM,
-    BertConfig,
-    BertForMaskedLM,
-    BertTokenizerFast,
-    DistilBertConfig,
-    DistilBertForMaskedLM,
-    ElectraConfig,
-    ElectraForMaskedLM,
-    ElectraForPreTraining,
-    GPT2Config,
-    RobertaConfig,
-    RobertaForMaskedLM,
-)
+from transformers import (AlbertConfig, AlbertForMaskedLM, BertConfig, BertForMaskedLM,
+                          BertTokenizerFast, DistilBertConfig, DistilBertForMaskedLM,
+                          ElectraForPreTraining, GPT2Config, RobertaConfig, RobertaForMaskedLM)
 
-from fast_electra_ds.data.masking import MaskedBatch, Masker
 from fast_electra_ds.errors import UserError
 from fast_electra_ds.method import frozen_generator, mlm_head, sampling
 
-VOCAB, SEQ_LEN = 100, 24
-SPECIAL = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
 TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(VOCAB - 5)]
-
-
-def tiny_electra_mlm() -> ElectraForMaskedLM:
-    torch.manual_seed(0)
-    return ElectraForMaskedLM(ElectraConfig(
-        vocab_size=VOCAB, embedding_size=16, hidden_size=32, num_hidden_layers=2,
-        num_attention_heads=2, intermediate_size=64, max_position_embeddings=64,
-        pad_token_id=0)).eval()
 
 
 def tiny_models() -> dict[str, torch.nn.Module]:
@@ -47,7 +25,7 @@ def tiny_models() -> dict[str, torch.nn.Module]:
     common = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                   intermediate_size=64)
     return {
-        "electra": tiny_electra_mlm(),
+        "electra": electra_mlm(),
         "bert": BertForMaskedLM(BertConfig(**common, max_position_embeddings=64)).eval(),
         "roberta": RobertaForMaskedLM(RobertaConfig(**common, max_position_embeddings=66,
                                                     pad_token_id=1)).eval(),
@@ -66,19 +44,6 @@ def padded_inputs(batch: int = 3, length: int = SEQ_LEN, k: int = 5):
     positions = torch.stack([torch.randperm(length // 2, generator=g)[:k].sort().values
                              for _ in range(batch)])  # [B, K], inside the unpadded part
     return input_ids, attention_mask, positions
-
-
-def make_batch(batch: int = 4, seed: int = 0) -> MaskedBatch:
-    g = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(5, VOCAB, (batch, SEQ_LEN), generator=g)
-    input_ids[:, 0], input_ids[:, -1] = SPECIAL["cls"], SPECIAL["sep"]
-    attention_mask = torch.ones_like(input_ids)
-    attention_mask[-1, SEQ_LEN // 2:] = 0  # the last row is half padding: unused slots
-    input_ids[-1, SEQ_LEN // 2:] = SPECIAL["pad"]
-    input_ids[-1, SEQ_LEN // 2 - 1] = SPECIAL["sep"]
-    masker = Masker(seq_len=SEQ_LEN, vocab_size=VOCAB, mask_id=SPECIAL["mask"],
-                    special_ids=list(SPECIAL.values()), seed=seed)
-    return masker(input_ids, attention_mask, torch.arange(batch) + 1000 * seed)
 
 
 # --------------------------------------------------------------------------------------------
@@ -146,7 +111,8 @@ def test_sampling_is_reproducible_and_layout_invariant(monkeypatch):
     assert torch.equal(a[perm], shuffled)
     # chunked evaluation (large B*K*V) gives the same draws
     monkeypatch.setattr(sampling, "_SAMPLE_CHUNK_ELEMENTS", 3 * VOCAB)
-    chunked, _ = sampling.sample_replacements(logits, temperature=1.5, seed=9, sample_ids=sample_ids)
+    chunked, _ = sampling.sample_replacements(logits, temperature=1.5, seed=9,
+                                              sample_ids=sample_ids)
     assert torch.equal(a, chunked)
 
 
@@ -222,7 +188,7 @@ def test_replace_at_positions_uses_originals_and_labels_equal_samples_as_origina
 
 
 def test_corrupt_from_logits_every_selected_position_gets_a_sample():
-    batch = make_batch()
+    batch = make_batch(two_segments=False)
     # logits that put all mass on token 99, so every used slot is replaced by 99
     logits = torch.full((*batch.positions.shape, VOCAB), -30.0)
     logits[..., 99] = 30.0
@@ -246,7 +212,7 @@ def test_corrupt_from_logits_every_selected_position_gets_a_sample():
 @pytest.fixture(scope="module")
 def mlm_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("electra_mlm")
-    tiny_electra_mlm().save_pretrained(path)
+    electra_mlm().save_pretrained(path)
     return path
 
 
@@ -269,7 +235,7 @@ def test_frozen_generator_stays_frozen(mlm_dir):
     assert not model.training
     assert all(not p.requires_grad for p in model.parameters())
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    batch = make_batch()
+    batch = make_batch(two_segments=False)
     for step in range(3):
         corrupted, labels, metrics = frozen.corrupt(batch, temperature=2.0 - step * 0.5, seed=step)
         assert corrupted.shape == batch.input_ids.shape and corrupted.dtype == torch.int64
@@ -291,7 +257,7 @@ def test_frozen_generator_positions_and_dtypes(mlm_dir, tmp_path):
         frozen.check_seq_len(65)
     bf16 = _load(mlm_dir, dtype="bf16")
     assert next(bf16.hf_model.parameters()).dtype == torch.bfloat16
-    corrupted, _, _ = bf16.corrupt(make_batch(), temperature=1.0, seed=0)
+    corrupted, _, _ = bf16.corrupt(make_batch(two_segments=False), temperature=1.0, seed=0)
     assert corrupted.shape == (4, SEQ_LEN)
     with pytest.raises(UserError, match="fp16 needs a CUDA device"):
         _load(mlm_dir, dtype="fp16")
@@ -329,12 +295,12 @@ def test_frozen_generator_rejects_other_special_ids(mlm_dir, tmp_path):
 def test_frozen_generator_rejects_non_mlm_folders(tmp_path):
     torch.manual_seed(0)
     disc_dir = tmp_path / "discriminator"
-    ElectraForPreTraining(tiny_electra_mlm().config).save_pretrained(disc_dir)
+    ElectraForPreTraining(electra_mlm().config).save_pretrained(disc_dir)
     with pytest.raises(UserError, match="holds ElectraForPreTraining, not a trained masked LM"):
         _load(disc_dir)
 
     config_only = tmp_path / "config_only"
-    ElectraForPreTraining(tiny_electra_mlm().config).config.save_pretrained(config_only)
+    ElectraForPreTraining(electra_mlm().config).config.save_pretrained(config_only)
     with pytest.raises(UserError, match="cannot load a masked LM"):
         _load(config_only)
 
@@ -379,8 +345,9 @@ def test_failed_kernel_injection_falls_back_to_a_fresh_plain_model(arch, tmp_pat
         assert any("no kernel-injection policy" in m for m in messages) and not reloads
     input_ids, attention_mask, positions = padded_inputs()
     with torch.no_grad():
-        torch.testing.assert_close(mlm_head.masked_logits(engine, input_ids, attention_mask, positions),
-                                   mlm_head.masked_logits(model, input_ids, attention_mask, positions))
+        torch.testing.assert_close(
+            mlm_head.masked_logits(engine, input_ids, attention_mask, positions),
+            mlm_head.masked_logits(model, input_ids, attention_mask, positions))
 
 
 @pytest.mark.gpu
@@ -390,16 +357,16 @@ def test_frozen_generator_on_cuda_matches_cpu(arch, tmp_path):
     model.save_pretrained(tmp_path)
     messages: list[str] = []
     special = {} if arch == "roberta" else SPECIAL
-    frozen = frozen_generator.FrozenGenerator.load(str(tmp_path), vocab_size=VOCAB, special_ids=special,
-                                      device="cuda", dtype="fp16", kernel_inject=True,
-                                      logger=messages.append)
+    frozen = frozen_generator.FrozenGenerator.load(
+        str(tmp_path), vocab_size=VOCAB, special_ids=special, device="cuda", dtype="fp16",
+        kernel_inject=True, logger=messages.append)
     assert frozen.runtime.startswith("deepspeed-inference"), messages
     input_ids, attention_mask, positions = padded_inputs()
     if arch == "roberta":
         input_ids[attention_mask == 0] = 1
     with torch.no_grad():
         got = mlm_head.masked_logits(frozen.model, input_ids.cuda(), attention_mask.cuda(),
-                                positions.cuda()).float().cpu()
+                                     positions.cuda()).float().cpu()
         expected = mlm_head.masked_logits(model, input_ids, attention_mask, positions)
     torch.testing.assert_close(torch.softmax(got, -1), torch.softmax(expected, -1), atol=2e-3,
                                rtol=0)

@@ -23,12 +23,8 @@ import torch
 
 pytest.importorskip("triton")
 from fast_electra_kernels import rtd_loss_triton  # noqa: E402
-from fast_electra_kernels.rtd_loss import (  # noqa: E402
-    COUNT_NAMES,
-    fused_rtd_loss,
-    rtd_loss_reference,
-)
-from fast_electra_kernels.testing import (  # noqa: E402, F401 (a test pytest collects here)
+from fast_electra_kernels.rtd_loss import COUNT_NAMES, fused_rtd_loss, rtd_loss_reference  # noqa: E402
+from helpers.kernel_testing import (  # noqa: E402, F401 (a test pytest collects here)
     KERNEL_DEVICE as DEVICE, kernel_test, test_kernels_in_interpreter_process)
 
 GRAD_TOL = {

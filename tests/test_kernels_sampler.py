@@ -22,7 +22,7 @@ pytest.importorskip("triton")
 from fast_electra_kernels import sampler_triton  # noqa: E402
 from fast_electra_kernels._dispatch import use_triton_for  # noqa: E402
 from fast_electra_kernels.sampler import SampleOutput, fused_sample, sample_reference  # noqa: E402
-from fast_electra_kernels.testing import (  # noqa: E402, F401 (a test pytest collects here)
+from helpers.kernel_testing import (  # noqa: E402, F401 (a test pytest collects here)
     KERNEL_DEVICE as DEVICE, kernel_test, test_kernels_in_interpreter_process)
 
 RTOL = ATOL = 1e-5

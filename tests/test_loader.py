@@ -8,26 +8,15 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from conftest import (
-    KJV,
-    TINY_SEQ_LEN,
-    TINY_VALID_FRACTION,
-    direct_ids,
-    expected_split,
-    text_documents,
-)
+from conftest import (KJV, TINY_SEQ_LEN, TINY_VALID_FRACTION, direct_ids, expected_split,
+                      text_documents)
 
 from fast_electra_ds.data.indexed import IndexedReader
-from fast_electra_ds.data.loader import (
-    BLEND_BLOCK_SIZE,
-    SampleOrder,
-    build_loader,
-    feistel_permutation,
-    micro_batch_sample_ids,
-    open_datasets,
-)
+from fast_electra_ds.data.loader import (BLEND_BLOCK_SIZE, SampleOrder, build_loader,
+                                         feistel_permutation, micro_batch_sample_ids, open_datasets)
 from fast_electra_ds.data.masking import MaskedBatch, Masker
 from fast_electra_ds.data.prepare import prepare_data
+from fast_electra_ds.data.seeding import derive_key, splitmix64
 from fast_electra_ds.data.tokenizer import load_tokenizer, train_tokenizer
 from fast_electra_ds.errors import UserError
 
@@ -61,6 +50,15 @@ def loader(dataset, **overrides):
 
 # --------------------------------------------------------------------------------------------
 # Order
+
+
+def test_splitmix64_gives_the_same_bits_on_ints_and_uint64_arrays():
+    assert splitmix64(0) == 0xE220A8397B1DCDAF  # the reference splitmix64.c's first output
+    words = [0, 1, 12345, 2**32, 2**63, 2**64 - 1]
+    assert splitmix64(np.array(words, dtype=np.uint64)).tolist() == [splitmix64(w) for w in words]
+    assert splitmix64(-1) == splitmix64(2**64 - 1)  # negative seeds: modulo 2**64
+    assert derive_key(7, 3, 0) == splitmix64(splitmix64(splitmix64(7) ^ 3) ^ 0)
+    assert derive_key(7) == splitmix64(7)
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 7, 16, 17, 100, 1000, 4097])

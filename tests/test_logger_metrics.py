@@ -10,7 +10,7 @@ from fast_electra_ds.config import load_config
 from fast_electra_ds.downstream.compare import compare
 from fast_electra_ds.errors import UserError
 from fast_electra_ds.training.logger import MetricsLogger
-from fast_electra_ds.training.metrics import binary_auc
+from fast_electra_ds.metrics import binary_auc
 
 
 def test_auc_matches_sklearn_with_ties():

@@ -3,29 +3,17 @@
 from __future__ import annotations
 
 import torch
+from helpers.tiny import SPECIAL, VOCAB, make_models
 from torch import nn
 
-from fast_electra_ds.config import GeneratorConfig, ModelConfig
-from fast_electra_ds.method.models import (
-    build_discriminator,
-    build_generator,
-    param_groups,
-    tie_embeddings,
-)
+from fast_electra_ds.method.models import param_groups, tie_embeddings
 
-VOCAB, PAD = 100, 0
-MODEL_CFG = ModelConfig(num_layers=2, hidden_size=32, embedding_size=16, num_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
-GEN_CFG = GeneratorConfig(num_layers=2, hidden_size=24, num_heads=2, intermediate_size=48)
+PAD = SPECIAL["pad"]
 
 
 def make_pair() -> tuple[nn.Module, nn.Module]:
-    torch.manual_seed(0)
-    disc = build_discriminator(MODEL_CFG, vocab_size=VOCAB, pad_id=PAD)
-    gen = build_generator(GEN_CFG, embedding_size=MODEL_CFG.embedding_size,
-                          max_position_embeddings=MODEL_CFG.max_position_embeddings,
-                          vocab_size=VOCAB, pad_id=PAD)
-    return gen, disc
+    """(generator, discriminator) with the library's default dropout, as a training run has."""
+    return make_models(dropout=0.1)
 
 
 def test_discriminator_follows_config():

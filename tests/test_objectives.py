@@ -6,56 +6,20 @@ import math
 
 import pytest
 import torch
+from helpers.tiny import SPECIAL, VOCAB, make_batch, make_models
 from torch.nn import functional as F
 
-from fast_electra_ds.config import GeneratorConfig, ModelConfig
-from fast_electra_ds.data.masking import MaskedBatch, Masker
+from fast_electra_ds.data.masking import MaskedBatch
 from fast_electra_ds.method import frozen_generator, mlm_head, sampling
-from fast_electra_ds.method.models import build_discriminator, build_generator
-from fast_electra_ds.method.objectives import (
-    ElectraObjective,
-    FastElectraObjective,
-    MLMObjective,
-    finalize_metrics,
-    rtd_loss,
-    sum_metrics,
-)
-
-VOCAB, SEQ_LEN = 100, 24
-SPECIAL = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
-MODEL_CFG = ModelConfig(num_layers=2, hidden_size=32, embedding_size=16, num_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, hidden_dropout=0.0,
-                        attention_dropout=0.0)
-GEN_CFG = GeneratorConfig(num_layers=2, hidden_size=24, num_heads=2, intermediate_size=48)
+from fast_electra_ds.method.objectives import (ElectraObjective, FastElectraObjective,
+                                                MLMObjective, rtd_loss)
+from fast_electra_ds.metrics import finalize_metrics, sum_metrics
 
 
-def make_models(seed: int = 0):
-    torch.manual_seed(seed)
-    disc = build_discriminator(MODEL_CFG, vocab_size=VOCAB, pad_id=0)
-    generator = build_generator(GEN_CFG, embedding_size=MODEL_CFG.embedding_size,
-                                max_position_embeddings=MODEL_CFG.max_position_embeddings,
-                                vocab_size=VOCAB, pad_id=0, hidden_dropout=0.0,
-                                attention_dropout=0.0)
-    return generator, disc
-
-
-def make_batch(batch: int = 4, seed: int = 0) -> MaskedBatch:
-    g = torch.Generator().manual_seed(seed)
-    # a learnable pattern: token t is followed by t + 1 (mod the ordinary tokens)
-    start = torch.randint(5, VOCAB, (batch, 1), generator=g)
-    input_ids = 5 + (start - 5 + torch.arange(SEQ_LEN)) % (VOCAB - 5)  # [B, L]
-    input_ids[:, 0], input_ids[:, -1] = SPECIAL["cls"], SPECIAL["sep"]
-    attention_mask = torch.ones_like(input_ids)
-    attention_mask[-1, SEQ_LEN // 2:] = 0
-    input_ids[-1, SEQ_LEN // 2:] = SPECIAL["pad"]
-    input_ids[-1, SEQ_LEN // 2 - 1] = SPECIAL["sep"]
-    # two segments: a [SEP] at a third, type 1 after it (the half-padded row has one)
-    input_ids[:-1, SEQ_LEN // 3] = SPECIAL["sep"]
-    token_type_ids = torch.zeros_like(input_ids)
-    token_type_ids[:-1, SEQ_LEN // 3 + 1:] = 1
-    masker = Masker(seq_len=SEQ_LEN, vocab_size=VOCAB, mask_id=SPECIAL["mask"],
-                    special_ids=list(SPECIAL.values()), mask_prob=0.25, seed=seed)
-    return masker(input_ids, attention_mask, torch.arange(batch), token_type_ids)
+def learnable_batch(batch: int = 4) -> MaskedBatch:
+    """Two-segment sequences of a pattern the objectives learn (token t followed by t + 1), with
+    25% of the tokens masked."""
+    return make_batch(batch=batch, successor_tokens=True, mask_prob=0.25)
 
 
 def batch_kwargs(b: MaskedBatch) -> dict:
@@ -112,10 +76,10 @@ def test_finalize_metrics_over_micro_batches_equals_whole_batch():
 def test_fast_electra_objective_trains_discriminator_on_frozen_generator_output(tmp_path):
     generator, disc = make_models()
     generator.save_pretrained(tmp_path)
-    frozen = frozen_generator.FrozenGenerator.load(str(tmp_path), vocab_size=VOCAB, special_ids=SPECIAL,
-                                      logger=lambda msg: None)
+    frozen = frozen_generator.FrozenGenerator.load(str(tmp_path), vocab_size=VOCAB,
+                                                   special_ids=SPECIAL, logger=lambda msg: None)
     objective = FastElectraObjective(disc)
-    batch = make_batch()
+    batch = learnable_batch()
     corrupted, rtd_labels, gen_metrics = frozen.corrupt(batch, temperature=2.0, seed=7)
     out = objective(corrupted_ids=corrupted, attention_mask=batch.attention_mask,
                     rtd_labels=rtd_labels, token_type_ids=batch.token_type_ids)
@@ -149,7 +113,7 @@ def test_electra_objective_step_updates_both_models_and_keeps_embeddings_shared(
     before = {k: v.detach().clone() for k, v in watched.items()}
     opt = torch.optim.AdamW(objective.parameters(), lr=1e-3)
 
-    out = objective(**batch_kwargs(make_batch()), temperature=1.0, seed=3)
+    out = objective(**batch_kwargs(learnable_batch()), temperature=1.0, seed=3)
     assert torch.isfinite(out["loss"])
     metrics = finalize_metrics([out])
     assert metrics["loss"] == pytest.approx(metrics["mlm_loss"] + 50.0 * metrics["rtd_loss"],
@@ -175,11 +139,11 @@ def test_electra_objective_halves_agree_with_its_forward():
     """sampling.corrupt + rtd_outputs (how evaluation runs the two halves) reproduce forward()."""
     generator, disc = make_models()
     objective = ElectraObjective(generator, disc, rtd_weight=50.0).eval()
-    batch = make_batch()
+    batch = learnable_batch()
     with torch.no_grad():
         out = objective(**batch_kwargs(batch), temperature=1.5, seed=11)
         corrupted, rtd_labels, gen_metrics = sampling.corrupt(generator, batch, temperature=1.5,
-                                                         seed=11)
+                                                              seed=11)
         halves = objective.rtd_outputs(corrupted, batch.attention_mask, rtd_labels,
                                        batch.token_type_ids)
     assert halves["logits"].shape == batch.input_ids.shape
@@ -191,7 +155,7 @@ def test_electra_objective_halves_agree_with_its_forward():
 def test_mlm_objective_learns_and_saves_a_loadable_generator(tmp_path):
     generator, _ = make_models()
     objective = MLMObjective(generator)
-    batch = make_batch(batch=8)
+    batch = learnable_batch(batch=8)
     kwargs = dict(masked_ids=batch.masked_ids, attention_mask=batch.attention_mask,
                   token_type_ids=batch.token_type_ids, positions=batch.positions,
                   labels=batch.labels, weights=batch.weights)
@@ -208,12 +172,12 @@ def test_mlm_objective_learns_and_saves_a_loadable_generator(tmp_path):
 
     # the trained generator is directly a FrozenGenerator for mode=fast-electra
     generator.save_pretrained(tmp_path)
-    frozen = frozen_generator.FrozenGenerator.load(str(tmp_path), vocab_size=VOCAB, special_ids=SPECIAL,
-                                      logger=lambda msg: None)
+    frozen = frozen_generator.FrozenGenerator.load(str(tmp_path), vocab_size=VOCAB,
+                                                   special_ids=SPECIAL, logger=lambda msg: None)
     generator.eval()
     with torch.no_grad():
         torch.testing.assert_close(
             mlm_head.masked_logits(frozen.model, batch.masked_ids, batch.attention_mask,
-                              batch.positions),
+                                   batch.positions),
             mlm_head.masked_logits(generator, batch.masked_ids, batch.attention_mask,
-                              batch.positions))
+                                   batch.positions))

@@ -18,14 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import (
-    KJV,
-    TINY_SEQ_LEN,
-    TINY_VALID_FRACTION,
-    direct_ids,
-    expected_split,
-    text_documents,
-)
+from conftest import (KJV, TINY_SEQ_LEN, TINY_VALID_FRACTION, direct_ids, expected_split,
+                      text_documents)
 
 from fast_electra_ds.data import prepare
 from fast_electra_ds.data.indexed import IndexedReader

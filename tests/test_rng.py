@@ -1,4 +1,5 @@
-"""The counter-based sampling noise (kernels/fast_electra_kernels/counter_rng.py): exact and finite for every counter.
+"""The counter-based sampling noise (fast_electra_kernels/counter_rng.py): exact and finite for
+every counter.
 
 The uniforms come from the top bits of a 32-bit hash. Every code those bits can hold must give a
 uniform strictly inside (0, 1) and a finite Gumbel value; otherwise a slot whose hash hits the bad
@@ -53,8 +54,10 @@ def test_the_int32_hash_is_the_uint32_hash():
                       torch.tensor([0, 1, 2**31, 2**32 - 1, 2**32, 2**63 - 1])])
     cols = torch.tensor([0, 1, 2, 99, 2**15, 2**20 + 3, 30521])
     for seed in (0, 1234, 2**32 + 5, 2**63 - 1, -7):
-        x = counter_rng.row_keys(seed, rows)[:, None] ^ counter_rng.to_bits((cols * counter_rng.COL_MUL) & counter_rng.M32)
-        got = counter_rng.mix32(counter_rng.mix32(x)).to(torch.int64) & counter_rng.M32  # back to unsigned values
+        col_words = counter_rng.to_bits((cols * counter_rng.COL_MUL) & counter_rng.M32)
+        x = counter_rng.row_keys(seed, rows)[:, None] ^ col_words
+        # back to unsigned values
+        got = counter_rng.mix32(counter_rng.mix32(x)).to(torch.int64) & counter_rng.M32
         want = torch.tensor([[_uniform_bits(seed, r, c) for c in cols.tolist()]
                              for r in rows.tolist()])
         assert torch.equal(got, want), seed

@@ -9,13 +9,8 @@ import pytest
 from tokenizers import normalizers
 from transformers import AutoTokenizer
 
-from fast_electra_ds.data.tokenizer import (
-    SPECIAL_TOKENS,
-    load_tokenizer,
-    special_token_ids,
-    tokenizer_fingerprint,
-    train_tokenizer,
-)
+from fast_electra_ds.data.tokenizer import (SPECIAL_TOKENS, load_tokenizer, special_token_ids,
+                                            tokenizer_fingerprint, train_tokenizer)
 from fast_electra_ds.errors import UserError
 
 

@@ -27,8 +27,9 @@ import numpy as np
 import torch
 
 from fast_electra_ds.data.indexed import IndexedReader, blending_table
-from fast_electra_ds.data.masking import MaskedBatch, Masker, splitmix64
+from fast_electra_ds.data.masking import MaskedBatch, Masker
 from fast_electra_ds.data.prepare import SPLITS, read_manifest
+from fast_electra_ds.data.seeding import derive_key, splitmix64
 from fast_electra_ds.errors import UserError
 
 BLEND_BLOCK_SIZE = 1 << 16  # samples per blending block: weights hold to ~1/65536 per block
@@ -122,19 +123,6 @@ def micro_batch_sample_ids(step: int, micro_step: int, *, rank: int, world_size:
     return np.arange(start, start + m, dtype=np.int64)
 
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
-_MIX2 = np.uint64(0x94D049BB133111EB)
-
-
-def _mix64(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finalizer on a uint64 array (array arithmetic wraps modulo 2**64)."""
-    x = x + _GOLDEN
-    x = (x ^ (x >> np.uint64(30))) * _MIX1
-    x = (x ^ (x >> np.uint64(27))) * _MIX2
-    return x ^ (x >> np.uint64(31))
-
-
 def feistel_permutation(positions: np.ndarray, n: int, key: int) -> np.ndarray:
     """A key-chosen bijection of [0, n), applied to `positions` ([k] ints in [0, n)).
 
@@ -148,7 +136,7 @@ def feistel_permutation(positions: np.ndarray, n: int, key: int) -> np.ndarray:
     def encrypt(v: np.ndarray) -> np.ndarray:
         left, right = v >> shift, v & mask
         for rk in round_keys:
-            left, right = right, left ^ (_mix64(right ^ rk) & mask)
+            left, right = right, left ^ (splitmix64(right ^ rk) & mask)
         return (left << shift) | right
 
     y = encrypt(np.asarray(positions, dtype=np.uint64))
@@ -199,7 +187,7 @@ class SampleOrder:
         groups, group_of = np.unique(np.stack([dataset, epoch]), axis=1, return_inverse=True)
         for k, (d, e) in enumerate(groups.T.tolist()):
             sel = group_of.reshape(-1) == k
-            key = splitmix64(splitmix64(splitmix64(self.seed) ^ d) ^ e)
+            key = derive_key(self.seed, d, e)
             sequence[sel] = feistel_permutation(position[sel], int(self.sizes[d]), key)
         return dataset, sequence
 

@@ -24,20 +24,14 @@ from dataclasses import dataclass
 
 import torch
 
-_MASK64 = (1 << 64) - 1
+from fast_electra_ds.data.seeding import derive_key
 
 
-def splitmix64(x: int) -> int:
-    """A well-mixed 64-bit hash; keys the per-sequence RNG so that nearby ids are unrelated."""
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
-
-
-def sample_seed(seed: int, sample_id: int, stream: int = 0) -> int:
-    """The RNG seed of one sequence for one purpose (`stream`), < 2**63 for torch.Generator."""
-    return splitmix64(splitmix64(splitmix64(seed) ^ sample_id) ^ stream) >> 1
+def sample_seed(seed: int, sample_id: int) -> int:
+    """The seed of one sequence's masking RNG: its key, the trailing 0 naming masking's stream
+    (another use of a sequence's randomness would take another number), shifted to < 2**63 for
+    torch.Generator."""
+    return derive_key(seed, sample_id, 0) >> 1
 
 
 def num_predictions(seq_len: int, mask_prob: float) -> int:
@@ -95,19 +89,19 @@ class Masker:
         weights = torch.zeros(b, k, dtype=torch.float32)
         masked_ids = input_ids.clone()
         for row in range(b):
-            gen = torch.Generator().manual_seed(sample_seed(self.seed, int(sample_ids[row])))
+            rng = torch.Generator().manual_seed(sample_seed(self.seed, int(sample_ids[row])))
             candidates = torch.nonzero(maskable[row]).squeeze(1)  # [n]
             n = candidates.numel()
             if n == 0:
                 continue
             count = min(k, max(1, round(n * self.mask_prob)))
-            chosen = candidates[torch.randperm(n, generator=gen)[:count]].sort().values
-            action = torch.rand(count, generator=gen)
+            chosen = candidates[torch.randperm(n, generator=rng)[:count]].sort().values
+            action = torch.rand(count, generator=rng)
             to_mask = action < self.p_mask
             to_random = (action >= self.p_mask) & (action < self.p_mask + self.p_random)
             masked_ids[row, chosen[to_mask]] = self.mask_id
             if self.p_random > 0:
-                draw = torch.randint(len(self.random_pool), (count,), generator=gen)
+                draw = torch.randint(len(self.random_pool), (count,), generator=rng)
                 masked_ids[row, chosen[to_random]] = self.random_pool[draw][to_random]
             positions[row, :count] = chosen
             weights[row, :count] = 1.0

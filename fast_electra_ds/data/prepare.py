@@ -45,12 +45,8 @@ import numpy as np
 from fast_electra_ds import __version__
 from fast_electra_ds.data.corpus import Corpus, check_output_dir, resolve_inputs, staged_output_dir
 from fast_electra_ds.data.indexed import IndexedWriter, check_indexed_files
-from fast_electra_ds.data.tokenizer import (
-    encode_lines,
-    load_tokenizer,
-    special_token_ids,
-    tokenizer_fingerprint,
-)
+from fast_electra_ds.data.tokenizer import (encode_lines, load_tokenizer, special_token_ids,
+                                            tokenizer_fingerprint)
 from fast_electra_ds.errors import UserError
 
 # 2: two-segment examples ([CLS] A [SEP] B [SEP]); version 1 stored single [CLS] piece [SEP]

@@ -2,7 +2,7 @@
 
 Training columns come from each run's metrics.jsonl: step time is the median of the logged
 per-interval averages after the first (which carries start-up: data workers, allocator warm-up,
-JIT); train time and FLOPs are the training seconds and FLOPs (flops.run_step_flops) at its last
+JIT); train time and FLOPs are the training seconds and FLOPs (Mode.step_flops) at its last
 evaluation.
 
 Held-out columns are each run's last evaluation, and they compare only between runs scored on the

@@ -32,14 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fast_electra_ds.downstream.glue import (
-    Examples,
-    Task,
-    compute_metrics,
-    get_task,
-    read_split,
-    task_dir,
-)
+from fast_electra_ds.downstream.glue import (Examples, Task, compute_metrics, get_task, read_split,
+                                             task_dir)
 from fast_electra_ds.errors import UserError
 
 

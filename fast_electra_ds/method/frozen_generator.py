@@ -63,8 +63,8 @@ class FrozenGenerator:
         one the data lacks); each must match the folder's tokenizer when it has one.
         vocab: optionally the data's full token -> id map, compared with that tokenizer's.
         dtype: auto (fp16 on CUDA, fp32 on CPU), fp16 (CUDA only), bf16 or fp32.
-        fused: sample with the fused Triton kernel (fast_electra_ds.method.kernel_switch.resolve_kernels says
-        whether it runs); an architecture without a masked-only head keeps the eager sampler.
+        fused: sample with the fused Triton kernel (kernel_switch.resolve_kernels says whether it
+        runs); an architecture without a masked-only head keeps the eager sampler.
         """
         device = torch.device(device)
         on_cuda = device.type == "cuda"
@@ -286,9 +286,9 @@ def _probe_batch(model: nn.Module, *, device: torch.device,
     """A fixed 2-row batch (the second half-padded) for comparing two runs of a model."""
     vocab_size = model.config.vocab_size
     length = 16
-    gen = torch.Generator().manual_seed(0)
+    rng = torch.Generator().manual_seed(0)
     ordinary = torch.tensor(sorted(set(range(vocab_size)) - set(special_ids.values())))
-    input_ids = ordinary[torch.randint(len(ordinary), (2, length), generator=gen)]  # [2, L]
+    input_ids = ordinary[torch.randint(len(ordinary), (2, length), generator=rng)]  # [2, L]
     attention_mask = torch.ones(2, length, dtype=torch.int64)  # [2, L]
     attention_mask[1, length // 2:] = 0
     if special_ids.get("pad") is not None:

@@ -6,59 +6,26 @@
                 engine, one optimizer), embeddings shared; L = L_MLM + rtd_weight * L_RTD.
   mlm           MLMObjective(generator): masked-LM training, e.g. of a generator for fast-electra.
 
-Every forward returns {"loss": scalar with graph, **metrics}. Metrics are float64 scalar tensors
-holding sums and counts, never means, so that micro-batches and ranks combine by plain addition
-(one all-reduce of the stacked values); `finalize_metrics` divides at the end. The keys:
-
-  loss_sum, num_micro_batches      the loss itself (a mean per micro-batch, as the engine uses it)
-  rtd_loss_sum                     BCE summed over the non-padding tokens
-  rtd_replaced_total, rtd_replaced_correct, rtd_original_total, rtd_original_correct
-                                   non-padding tokens by true class, and the discriminator's
-                                   hits among them (logit > 0 means "replaced"); the names are
-                                   fast_electra_kernels.rtd_loss's COUNT_NAMES with an rtd_ prefix
-  num_slots, mlm_correct, mlm_loss_sum   used prediction slots; generator argmax hits; MLM CE
-  gen_entropy_sum, gen_num_replaced      sampling entropy at T; slots whose sample != original
-                                   (all but mlm_loss_sum also come from generator.corrupt)
+Every forward returns {"loss": scalar with graph, **metric sums} (the keys: metrics.py).
 
 Temperature and seed are plain python numbers given per call, not module state, so a checkpoint
-holds weights only and the schedule stays in train.py.
+holds weights only and the schedule stays with the mode (modes.py).
 
-fused=True (config kernels, resolved by fused.resolve_kernels) computes the training loss of the
-discriminator with the fused RTD kernel (fused.rtd_loss) instead of `rtd_loss` on its logits;
-`rtd_outputs`, used for evaluation, keeps the reference: its callers want the logits (AUC).
+fused=True (config kernels, resolved by kernel_switch.resolve_kernels) computes the training loss
+of the discriminator with the fused RTD kernel (kernel_switch.rtd_loss) instead of `rtd_loss` on
+its logits; `rtd_outputs` keeps the reference, for callers that want the logits.
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterable, Mapping
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fast_electra_ds.method import kernel_switch as fused_kernels
+from fast_electra_ds.method import kernel_switch
 from fast_electra_ds.method import mlm_head, sampling
 from fast_electra_ds.method.models import tie_embeddings
-
-_RTD_TOKENS = ("rtd_replaced_total", "rtd_original_total")  # together: the non-padding tokens
-
-# reported rate -> (numerator keys, denominator keys); left out when the denominator sums to 0
-_RATES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "loss": (("loss_sum",), ("num_micro_batches",)),
-    "rtd_loss": (("rtd_loss_sum",), _RTD_TOKENS),
-    "rtd_accuracy": (("rtd_replaced_correct", "rtd_original_correct"), _RTD_TOKENS),
-    "rtd_accuracy_replaced": (("rtd_replaced_correct",), ("rtd_replaced_total",)),
-    "rtd_accuracy_original": (("rtd_original_correct",), ("rtd_original_total",)),
-    "rtd_replaced_share": (("rtd_replaced_total",), _RTD_TOKENS),
-    "mlm_loss": (("mlm_loss_sum",), ("num_slots",)),
-    "mlm_accuracy": (("mlm_correct",), ("num_slots",)),
-    "gen_entropy": (("gen_entropy_sum",), ("num_slots",)),
-    "replace_rate": (("gen_num_replaced",), ("num_slots",)),
-}
-
-
-def _count(x: torch.Tensor) -> torch.Tensor:
-    return x.detach().sum().double()
+from fast_electra_ds.metrics import count, loss_metrics
 
 
 def rtd_loss(logits: torch.Tensor, labels: torch.Tensor,
@@ -80,10 +47,10 @@ def rtd_loss(logits: torch.Tensor, labels: torch.Tensor,
     hit = (logits > 0) == replaced  # [B, L]
     counts = {
         "rtd_loss_sum": loss_sum.detach().double(),
-        "rtd_replaced_total": _count(real & replaced),
-        "rtd_replaced_correct": _count(real & replaced & hit),
-        "rtd_original_total": _count(real & ~replaced),
-        "rtd_original_correct": _count(real & ~replaced & hit),
+        "rtd_replaced_total": count(real & replaced),
+        "rtd_replaced_correct": count(real & replaced & hit),
+        "rtd_original_total": count(real & ~replaced),
+        "rtd_original_correct": count(real & ~replaced & hit),
     }
     return loss, counts
 
@@ -104,50 +71,61 @@ def mlm_loss(logits: torch.Tensor, labels: torch.Tensor,
                   **sampling.mlm_counts(logits, labels, weights)}
 
 
-def _loss_metrics(loss: torch.Tensor) -> dict:
-    return {"loss_sum": loss.detach().double(),
-            "num_micro_batches": torch.ones((), dtype=torch.float64, device=loss.device)}
-
-
-def _rtd_outputs(discriminator: nn.Module, corrupted_ids: torch.Tensor,
-                 attention_mask: torch.Tensor, rtd_labels: torch.Tensor,
-                 token_type_ids: torch.Tensor) -> dict:
-    logits = discriminator(input_ids=corrupted_ids, attention_mask=attention_mask,
-                           token_type_ids=token_type_ids).logits  # [B, L]
-    loss, counts = rtd_loss(logits, rtd_labels, attention_mask)
-    return {"loss": loss, "logits": logits, **counts}
-
-
-def _rtd_loss_fused(discriminator: nn.Module, corrupted_ids: torch.Tensor,
-                    attention_mask: torch.Tensor, rtd_labels: torch.Tensor,
-                    token_type_ids: torch.Tensor) -> dict:
-    """`_rtd_outputs` without the logits, through the fused RTD kernel.
-
-    The discriminator (an ElectraForPreTraining) runs up to the input of its final H -> 1
-    projection: encoder, then the prediction head's dense layer and activation. The kernel does
-    the projection, the masked BCE, the counts and their gradients in one read of that input.
-    Under ZeRO-3 the projection's parameters, read here outside their module's forward, are
-    gathered by DeepSpeed on access (it registers them as external parameters of the running
-    module).
-    """
-    hidden = discriminator.electra(input_ids=corrupted_ids, attention_mask=attention_mask,
-                                   token_type_ids=token_type_ids,
-                                   return_dict=True).last_hidden_state  # [B, L, H]
-    head = discriminator.discriminator_predictions
-    x = head.activation(head.dense(hidden))  # [B, L, H]
-    loss, counts = fused_kernels.rtd_loss(x, head.dense_prediction.weight[0],
-                                          head.dense_prediction.bias, rtd_labels, attention_mask)
-    metrics = {f"rtd_{name}": count.double() for name, count in counts.items()}
-    # the kernel returns the mean over real tokens; the metric is the sum (see the module doc)
-    num_real = metrics["rtd_replaced_total"] + metrics["rtd_original_total"]
-    return {"loss": loss, "rtd_loss_sum": loss.detach().double() * num_real, **metrics}
-
-
-class FastElectraObjective(nn.Module):
-    """mode=fast-electra: the discriminator alone; the engine wraps this module.
+class _DiscriminatorObjective(nn.Module):
+    """What the objectives with a discriminator share: its RTD loss on a corrupted batch.
 
     fused: the training loss through the fused RTD kernel (see the module doc).
     """
+
+    discriminator: nn.Module
+    fused: bool
+
+    def rtd_outputs(self, corrupted_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    rtd_labels: torch.Tensor, token_type_ids: torch.Tensor) -> dict:
+        """{"loss": the RTD loss, "logits": [B, L], RTD counts}: the reference, with logits."""
+        logits = self.discriminator(input_ids=corrupted_ids, attention_mask=attention_mask,
+                                    token_type_ids=token_type_ids).logits  # [B, L]
+        loss, counts = rtd_loss(logits, rtd_labels, attention_mask)
+        return {"loss": loss, "logits": logits, **counts}
+
+    def _rtd_loss(self, corrupted_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  rtd_labels: torch.Tensor, token_type_ids: torch.Tensor) -> dict:
+        """{"loss": the RTD loss, RTD counts} for training, through the kernel when fused."""
+        if self.fused:
+            return self._rtd_loss_fused(corrupted_ids, attention_mask, rtd_labels,
+                                        token_type_ids)
+        out = self.rtd_outputs(corrupted_ids, attention_mask, rtd_labels, token_type_ids)
+        del out["logits"]  # not a summable metric; the engine's output stays small
+        return out
+
+    def _rtd_loss_fused(self, corrupted_ids: torch.Tensor, attention_mask: torch.Tensor,
+                        rtd_labels: torch.Tensor, token_type_ids: torch.Tensor) -> dict:
+        """`rtd_outputs` without the logits, through the fused RTD kernel.
+
+        The discriminator (an ElectraForPreTraining) runs up to the input of its final H -> 1
+        projection: encoder, then the prediction head's dense layer and activation. The kernel
+        does the projection, the masked BCE, the counts and their gradients in one read of that
+        input. Under ZeRO-3 the projection's parameters, read here outside their module's
+        forward, are gathered by DeepSpeed on access (it registers them as external parameters
+        of the running module).
+        """
+        hidden = self.discriminator.electra(input_ids=corrupted_ids,
+                                            attention_mask=attention_mask,
+                                            token_type_ids=token_type_ids,
+                                            return_dict=True).last_hidden_state  # [B, L, H]
+        head = self.discriminator.discriminator_predictions
+        x = head.activation(head.dense(hidden))  # [B, L, H]
+        loss, counts = kernel_switch.rtd_loss(x, head.dense_prediction.weight[0],
+                                              head.dense_prediction.bias, rtd_labels,
+                                              attention_mask)
+        metrics = {f"rtd_{name}": n.double() for name, n in counts.items()}
+        # the kernel returns the mean over real tokens; the metric is the sum (metrics.py)
+        num_real = metrics["rtd_replaced_total"] + metrics["rtd_original_total"]
+        return {"loss": loss, "rtd_loss_sum": loss.detach().double() * num_real, **metrics}
+
+
+class FastElectraObjective(_DiscriminatorObjective):
+    """mode=fast-electra: the discriminator alone; the engine wraps this module."""
 
     def __init__(self, discriminator: nn.Module, fused: bool = False):
         super().__init__()
@@ -158,22 +136,11 @@ class FastElectraObjective(nn.Module):
                 rtd_labels: torch.Tensor, token_type_ids: torch.Tensor) -> dict:
         """corrupted_ids [B, L], attention_mask [B, L], rtd_labels [B, L] from
         FrozenGenerator.corrupt; token_type_ids [B, L] the batch's segments."""
-        if self.fused:
-            out = _rtd_loss_fused(self.discriminator, corrupted_ids, attention_mask, rtd_labels,
-                                  token_type_ids)
-        else:
-            out = self.rtd_outputs(corrupted_ids, attention_mask, rtd_labels, token_type_ids)
-            del out["logits"]  # not a summable metric; the engine's output stays small
-        return {**out, **_loss_metrics(out["loss"])}
-
-    def rtd_outputs(self, corrupted_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    rtd_labels: torch.Tensor, token_type_ids: torch.Tensor) -> dict:
-        """{"loss": the RTD loss, "logits": [B, L], RTD counts}."""
-        return _rtd_outputs(self.discriminator, corrupted_ids, attention_mask, rtd_labels,
-                            token_type_ids)
+        out = self._rtd_loss(corrupted_ids, attention_mask, rtd_labels, token_type_ids)
+        return {**out, **loss_metrics(out["loss"])}
 
 
-class ElectraObjective(nn.Module):
+class ElectraObjective(_DiscriminatorObjective):
     """mode=electra: generator and discriminator trained jointly, as in the original ELECTRA.
 
     The generator's embeddings become the discriminator's at construction (`tie_embeddings`).
@@ -199,27 +166,15 @@ class ElectraObjective(nn.Module):
                 positions: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
                 sample_ids: torch.Tensor, temperature: float, seed: int) -> dict:
         """The fields of a MaskedBatch (all [B, L] or [B, K], sample_ids [B]), T and the seed."""
-        gen_logits = mlm_head.masked_logits(self.generator, masked_ids, attention_mask, positions,
-                                       token_type_ids)  # [B, K, V]
+        gen_logits = mlm_head.masked_logits(self.generator, masked_ids, attention_mask,
+                                            positions, token_type_ids)  # [B, K, V]
         mlm, mlm_metrics = mlm_loss(gen_logits, labels, weights)
         corrupted_ids, rtd_labels, gen_metrics = sampling.corrupt_from_logits(
             gen_logits.detach(), input_ids=input_ids, positions=positions, weights=weights,
             sample_ids=sample_ids, temperature=temperature, seed=seed)  # [B, L], [B, L]
-        if self.fused:
-            rtd_metrics = _rtd_loss_fused(self.discriminator, corrupted_ids, attention_mask,
-                                          rtd_labels, token_type_ids)
-        else:
-            rtd_metrics = self.rtd_outputs(corrupted_ids, attention_mask, rtd_labels,
-                                           token_type_ids)
-            del rtd_metrics["logits"]
+        rtd_metrics = self._rtd_loss(corrupted_ids, attention_mask, rtd_labels, token_type_ids)
         loss = mlm + self.rtd_weight * rtd_metrics.pop("loss")
-        return {"loss": loss, **_loss_metrics(loss), **mlm_metrics, **gen_metrics, **rtd_metrics}
-
-    def rtd_outputs(self, corrupted_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    rtd_labels: torch.Tensor, token_type_ids: torch.Tensor) -> dict:
-        """The discriminator half alone (see FastElectraObjective.rtd_outputs)."""
-        return _rtd_outputs(self.discriminator, corrupted_ids, attention_mask, rtd_labels,
-                            token_type_ids)
+        return {"loss": loss, **loss_metrics(loss), **mlm_metrics, **gen_metrics, **rtd_metrics}
 
 
 class MLMObjective(nn.Module):
@@ -233,40 +188,6 @@ class MLMObjective(nn.Module):
                 token_type_ids: torch.Tensor, positions: torch.Tensor, labels: torch.Tensor,
                 weights: torch.Tensor) -> dict:
         logits = mlm_head.masked_logits(self.generator, masked_ids, attention_mask, positions,
-                                   token_type_ids)  # [B, K, V]
+                                        token_type_ids)  # [B, K, V]
         loss, metrics = mlm_loss(logits, labels, weights)
-        return {"loss": loss, **_loss_metrics(loss), **metrics}
-
-
-def sum_metrics(dicts: Iterable[Mapping[str, torch.Tensor | float]]) -> dict[str, float]:
-    """Add up the metric sums and counts of several micro-batches (the "loss" entry is skipped).
-
-    One device-to-host copy for all keys, not one per key.
-    """
-    dicts = list(dicts)
-    keys = sorted({k for d in dicts for k in d if k != "loss"})
-    if not keys:
-        return {}
-    device = next((v.device for d in dicts for k, v in d.items()
-                   if k != "loss" and isinstance(v, torch.Tensor)), torch.device("cpu"))
-    totals = torch.stack([
-        sum(torch.as_tensor(d[k], dtype=torch.float64, device=device) for d in dicts if k in d)
-        for k in keys])  # [num_keys]
-    return dict(zip(keys, totals.tolist()))
-
-
-def finalize_metrics(dicts: Iterable[Mapping[str, torch.Tensor | float]]) -> dict[str, float]:
-    """Rates from summed metrics: {"loss": ..., "rtd_accuracy": ..., "replace_rate": ...}.
-
-    Give it the per-micro-batch dicts of one rank, or dicts already summed across ranks. Counts
-    whose name starts with num_ (num_slots, num_micro_batches) are passed through as well.
-    """
-    total = sum_metrics(dicts)
-    out: dict[str, float] = {}
-    for name, (numerators, denominators) in _RATES.items():
-        if all(k in total for k in numerators + denominators):
-            den = sum(total[k] for k in denominators)
-            if den > 0:
-                out[name] = sum(total[k] for k in numerators) / den
-    out.update({k: v for k, v in total.items() if k.startswith("num_")})
-    return out
+        return {"loss": loss, **loss_metrics(loss), **metrics}

@@ -153,8 +153,9 @@ def _corrupt_fused(model: nn.Module, batch: MaskedBatch, *, temperature: float,
                       batch.token_type_ids)  # [B, K, E]
     b, k, e = h.shape
     weight, bias = output_projection(model)  # [V, E], [V]
-    out = kernel_switch.sample(h.reshape(b * k, e), weight, bias, temperature=temperature, seed=seed,
-                               rows=noise_rows(batch.sample_ids.to(h.device), k))  # each [B * K]
+    out = kernel_switch.sample(h.reshape(b * k, e), weight, bias, temperature=temperature,
+                               seed=seed, rows=noise_rows(batch.sample_ids.to(h.device), k))
+    # (each output [B * K])
     sampled = out.tokens.view(b, k)
     corrupted, rtd_labels = replace_at_positions(batch.input_ids, batch.positions, batch.weights,
                                                  sampled)

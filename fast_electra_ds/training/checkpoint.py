@@ -41,6 +41,7 @@ import torch.distributed as dist
 
 from fast_electra_ds.config import RunConfig, flatten
 from fast_electra_ds.errors import UserError
+from fast_electra_ds.method.modes import mode_class
 
 MARKER = "COMMITTED.json"
 LATEST = "latest"
@@ -215,7 +216,9 @@ def check_compatible(marker: dict[str, Any], cfg: RunConfig, *, vocab_size: int,
     """Errors for what makes the checkpoint unusable (shapes, vocabulary, seq_len, mode);
     warnings for what merely changes the training from here on (LR, batch, schedule)."""
     saved, now = flatten(marker["config"]), flatten(cfg.to_dict())
-    must = list(_MUST_MATCH) + (list(_GENERATOR_SHAPE) if cfg.mode != "fast-electra" else [])
+    # a generator trained in the engine has its shape in the checkpoint; a frozen one does not
+    must = list(_MUST_MATCH) + (list(_GENERATOR_SHAPE) if mode_class(cfg.mode).trains_generator
+                                else [])
     errors = [f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}"
               for k in now if any(k == m or k.startswith(m + ".") for m in must)
               and saved.get(k) != now[k]]

@@ -36,14 +36,16 @@ from torch import nn
 
 from fast_electra_ds.data.loader import DataInfo, MaskingCollate, packed_sequences
 from fast_electra_ds.data.masking import MaskedBatch, Masker
+from fast_electra_ds.config import SELF_JUDGE
 from fast_electra_ds.errors import UserError
 from fast_electra_ds.method import frozen_generator, mlm_head, sampling
+from fast_electra_ds.method.modes import EvalTargets
 from fast_electra_ds.method.objectives import mlm_loss, rtd_loss
-from fast_electra_ds.training.metrics import binary_auc, gather_1d, reduce_metrics
+from fast_electra_ds.metrics import binary_auc, gather_1d, reduce_metrics
 
 JUDGE_TEMPERATURE = 1.0  # the judge's own distribution: the hardest test it can set
 JUDGE_SEED_OFFSET = 7919  # the judge's sampling noise is apart from the masks' (same eval seed)
-SELF = "self"  # eval.judge: mode=electra's own generator, re-sampled at every evaluation
+SELF = SELF_JUDGE  # eval.judge: mode=electra's own generator, re-sampled at every evaluation
 EVAL_SET_FILE = "eval_set.json"
 
 
@@ -204,6 +206,27 @@ def build_eval_set(paths: Sequence[str], data_info: DataInfo, *, judge: nn.Modul
 
 # --------------------------------------------------------------------------------------------
 # Scoring
+
+
+def score_targets(targets: EvalTargets, eval_set: EvalSet, *, device: torch.device | str,
+                  batch_size: int, eval_seed: int) -> dict[str, float]:
+    """What a mode evaluates (modes.EvalTargets): a trained generator's MLM accuracy on the set's
+    masks, then its discriminator on the judge's replacements - or, for judge=self, on those of
+    its own generator as it is now."""
+    metrics: dict[str, float] = {}
+    if targets.masked_lm is not None:
+        metrics.update(score_masked_lm(targets.masked_lm, eval_set, device=device,
+                                       batch_size=batch_size))
+    if targets.discriminator is not None:
+        corrupt_fn = None
+        if eval_set.corrupted_ids is None:  # judge=self
+            def corrupt_fn(batch: MaskedBatch):
+                return sampling.corrupt(targets.own_generator, batch,
+                                        temperature=JUDGE_TEMPERATURE,
+                                        seed=eval_seed + JUDGE_SEED_OFFSET)[:2]
+        metrics.update(score_discriminator(targets.discriminator, eval_set, device=device,
+                                           batch_size=batch_size, corrupt_fn=corrupt_fn))
+    return metrics
 
 
 @torch.no_grad()

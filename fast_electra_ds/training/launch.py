@@ -1,31 +1,51 @@
 """What the launch scripts share: environment variables -> DeepSpeed launcher flags and run config.
 
-Every `launch_scripts/*.sh` is a bash script and a Python program at once, so one file serves
-both ways of starting a run:
+This docstring is the one explanation the scripts point to. Every `launch_scripts/*.sh` but
+demo.sh is a bash script and a Python program at once, so one file serves both ways of starting
+a run:
 
   bash launch_scripts/pretrain_large.sh [key=value ...]
-      bash reads the top of the file and runs `python -m fast_electra_ds.training.launch FILE [args]`,
-      i.e. `start_launcher` below: it starts the DeepSpeed launcher on that same FILE, with
-      --hostfile/--num_gpus/... taken from the environment.
+      bash reads the top of the file and runs
+      `python -m fast_electra_ds.training.launch FILE [args]`, i.e. `start_launcher` below: it
+      starts the DeepSpeed launcher on that same FILE, with --hostfile/--num_gpus/... taken from
+      the environment.
   deepspeed [launcher flags] launch_scripts/pretrain_large.sh [key=value ...]
       the launcher runs `python -u FILE --local_rank=N [args]` on every rank; Python skips the
       bash part (a string literal) and calls `run_rank`, which hands the script's recipe, its
       settings, the environment's and the command line's overrides to `fast-electra pretrain`.
 
+The arguments are run-config overrides (`fast-electra config --list` shows every key) and
+`--recipe=NAME`. Without a GPU, DS_ACCELERATOR=cpu runs the ranks on CPU processes
+(GPUS_PER_NODE of them), as the tests do with pretrain_tiny.sh.
+
+How one file is both. The first line after the header comment is 3 double quotes, a colon and a
+double quote. To bash that is the no-op command `:` (the empty string "" followed by ":"); to
+Python it opens a string literal, which a line of a double quote, a colon and 3 double quotes
+closes a few lines below. In between are the bash lines: they choose the interpreter (PYTHON,
+below) and `exec` this module on the file, so bash reads no further. The last bash line,
+`: <<'# end of the Python part'`, makes the rest of the file, down to that comment on its last
+line, a here-document, so that `bash -n` passes on the whole file. Python skips the bash lines
+as the string, puts the checkout on sys.path (a rank may run without the package installed) and
+calls `run_rank(recipe, settings)`. Scripts differ only in their header, recipe and settings.
+
 Run config from the environment (read on each rank; the bash form also turns them into
 command-line arguments, which the launcher passes to every node, remote ones included):
 
   DATA        data.paths: prepared dataset folder(s), comma-separated
-  GENERATOR   generator.path: the frozen generator (a HF masked-LM folder)
+  GENERATOR   generator.path: the frozen generator (a HF masked-LM folder); train_generator.sh
+              writes runs/<recipe>-mlm/generator, where each recipe's generator.path points
   RUN_DIR     run_dir: where config, logs and checkpoints go
   DS_CONFIG   ds_config: the DeepSpeed JSON (speed and memory settings)
   RECIPE      the run recipe (a bundled name or a YAML path) instead of the script's own;
               travels as `--recipe=NAME`, which the scripts also take on the command line
 
-Launcher flags from the environment (the bash form only):
+Unset, each comes from the recipe (RECIPE: the script's). Read by the bash form only:
 
+  PYTHON           the interpreter that has this package and DeepSpeed; the launcher and its
+                   ranks run with it (default: the checkout's .venv/bin/python, else python3)
   HOSTFILE         --hostfile: MPI-style lines `node-1 slots=8`; unset = this machine only
-  GPUS_PER_NODE    --num_gpus (NUM_GPUS is accepted too): ranks per node
+  GPUS_PER_NODE    --num_gpus (NUM_GPUS is accepted too): ranks per node; default: every
+                   visible GPU
   NUM_NODES        --num_nodes: use the first N hosts of the hostfile
   MASTER_ADDR      --master_addr: address of the first node (else DeepSpeed asks it over ssh)
   MASTER_PORT      --master_port
@@ -33,6 +53,14 @@ Launcher flags from the environment (the bash form only):
                    instead of DeepSpeed reaching the other nodes over ssh (pdsh)
   LAUNCHER         --launcher: pdsh (default), openmpi, mvapich, slurm, mpich, impi
   LAUNCHER_ARGS    --launcher_args: extra arguments for that backend, one quoted string
+
+Several nodes. Over ssh (a HOSTFILE of several hosts), the ranks on the other nodes see none of
+this environment except what DeepSpeed forwards (NCCL*, PYTHON*, UCX*, ...) and what
+`.deepspeed_env` lists, in the working directory or $HOME, one KEY=VALUE per line: put there what
+they need (HF_HOME, WANDB_*, LD_LIBRARY_PATH, ...) and, with the `deepspeed` form, DATA,
+GENERATOR, RUN_DIR and DS_CONFIG too (or pass them as overrides). With NODE_RANK, one launcher
+per node and no ssh, as launch_scripts/slurm_pretrain.sbatch does under SLURM (srun carries the
+whole environment). README, "Running on a cluster", has an example `.deepspeed_env`.
 
 Later sources win: the recipe, then the script's settings, then the environment, then the
 command-line arguments. A script's settings may name the recipe as `{recipe}` (its file stem),
@@ -159,8 +187,8 @@ def start_launcher(script: str, args: Sequence[str]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv:
-        print("usage: python -m fast_electra_ds.training.launch LAUNCH_SCRIPT [key=value ...] (the bash "
-              "part of launch_scripts/*.sh runs this)", file=sys.stderr)
+        print("usage: python -m fast_electra_ds.training.launch LAUNCH_SCRIPT [key=value ...] "
+              "(the bash part of launch_scripts/*.sh runs this)", file=sys.stderr)
         return 2
     try:
         start_launcher(argv[0], argv[1:])

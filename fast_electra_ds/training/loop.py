@@ -3,22 +3,15 @@
     text ids (indexed dataset) -> masked batch (Masker) -> generator samples -> discriminator
     -> loss -> DeepSpeed engine step -> metrics / checkpoint
 
-Three modes share the loop and differ only in what the engine trains:
-
-  fast-electra  the engine holds the discriminator alone; a frozen generator (fp16 through
-                DeepSpeed-Inference on GPU) outside the engine proposes replacements, sampled
-                from softmax(logits / T) with T falling from t0 towards 1 (temperature.py).
-  electra       the original joint training: generator and discriminator in one engine, shared
-                embeddings, loss = L_MLM + rtd_weight * L_RTD, samples at a constant T.
-  mlm           a masked LM alone; saved as a HF masked-LM folder (RUN_DIR/generator) that a
-                fast-electra run takes as its generator.
+The modes (fast-electra, electra, mlm) share the loop without a branch on the mode: each is an
+object (method/modes.py) that builds what the engine trains and turns a micro-batch into the
+engine's inputs; the loop only calls that interface.
 """
 
 from __future__ import annotations
 
 import math
 import resource
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,29 +20,20 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from fast_electra_ds.config import RunConfig, resolve_path
+from fast_electra_ds.config import SELF_JUDGE, RunConfig
 from fast_electra_ds.data.loader import DataInfo, build_loader, open_datasets
-from fast_electra_ds.data.masking import MaskedBatch, Masker
-from fast_electra_ds.errors import UserError
+from fast_electra_ds.data.masking import Masker
 from fast_electra_ds.method.frozen_generator import FrozenGenerator
 from fast_electra_ds.method.kernel_switch import resolve_kernels
-from fast_electra_ds.method.models import build_discriminator, build_generator
-from fast_electra_ds.method.objectives import ElectraObjective, FastElectraObjective, MLMObjective
-from fast_electra_ds.method.sampling import corrupt
-from fast_electra_ds.method.temperature import temperature
+from fast_electra_ds.method.modes import Mode, mode_class
 from fast_electra_ds.training import checkpoint, evaluation
-from fast_electra_ds.training.ds_config import (
-    load_ds_config,
-    precision,
-    resolve_ds_config,
-    write_resolved,
-    zero_stage,
-)
+from fast_electra_ds.training.ds_config import (load_ds_config, precision, resolve_ds_config,
+                                                write_resolved, zero_stage)
 from fast_electra_ds.training.engine import DistEnv, build_engine, init_distributed
 from fast_electra_ds.training.evaluation import EvalSet
-from fast_electra_ds.training.flops import Encoder, run_step_flops
+from fast_electra_ds.training.faults import FaultGuard
 from fast_electra_ds.training.logger import MetricsLogger
-from fast_electra_ds.training.metrics import reduce_metrics
+from fast_electra_ds.metrics import reduce_metrics
 
 
 @dataclass
@@ -73,36 +57,21 @@ def pretrain(cfg: RunConfig) -> PretrainResult:
                            device=env.device.type)
     vocab_size, special = data_info.vocab_size, data_info.special_token_ids
 
-    # ---- models: what the engine trains, and (fast-electra) the frozen generator beside it ----
+    # ---- models: what the engine trains, and what stays outside it (the mode decides) ---------
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    frozen: FrozenGenerator | None = None
-    # the fused sampler / RTD loss (config kernels); mode=mlm has neither
-    fused = cfg.mode != "mlm" and resolve_kernels(cfg.kernels, env.device, log=log)
-    if cfg.mode == "fast-electra":
-        frozen = FrozenGenerator.load(str(resolve_path(cfg.generator.path)), vocab_size=vocab_size,
-                                      special_ids=special, device=env.device,
-                                      dtype=cfg.generator.inference_dtype,
-                                      kernel_inject=cfg.generator.kernel_inject, fused=fused,
-                                      logger=log)
-        frozen.check_seq_len(cfg.data.seq_len)
-        module = FastElectraObjective(build_discriminator(cfg.model, vocab_size=vocab_size,
-                                                          pad_id=special["pad"]), fused=fused)
-    elif cfg.mode == "electra":
-        disc = build_discriminator(cfg.model, vocab_size=vocab_size, pad_id=special["pad"])
-        gen = _build_generator(cfg, vocab_size, special["pad"])
-        # (ElectraObjective ties the generator's embeddings to the discriminator's)
-        module = ElectraObjective(gen, disc, rtd_weight=cfg.train.rtd_weight, fused=fused)
-    else:
-        module = MLMObjective(_build_generator(cfg, vocab_size, special["pad"]))
+    mode_cls = mode_class(cfg.mode)
+    # the fused sampler / RTD loss (config kernels), for modes that sample
+    fused = mode_cls.samples and resolve_kernels(cfg.kernels, env.device, log=log)
+    mode = mode_cls(cfg, vocab_size=vocab_size, special_ids=special, device=env.device,
+                    fused=fused, log=log)
+    module = mode.build()
 
     # counted before the engine exists: under ZeRO-3 each rank then holds only a shard
     trainable_params = sum(p.numel() for p in module.parameters())
-    generator_shape = (Encoder.from_hf_config(frozen.hf_model.config) if frozen is not None
-                       else Encoder.generator(cfg.generator, cfg.model.embedding_size))
-    flops_per_step = run_step_flops(cfg, vocab_size=vocab_size, generator=generator_shape)
+    flops_per_step = mode.step_flops()
 
     # ---- the held-out yardstick: built once, before training (and any judge checked) ---------
-    eval_set = _build_eval_set(cfg, env, data_info, log) if cfg.eval.every else None
+    eval_set = _build_eval_set(cfg, mode, env, data_info, log) if cfg.eval.every else None
 
     # ---- what to resume from: decided and validated before the engine exists -----------------
     plan = checkpoint.plan_resume(cfg, world_size=env.world_size, vocab_size=vocab_size, log=log)
@@ -144,15 +113,14 @@ def pretrain(cfg: RunConfig) -> PretrainResult:
     grad_norm = math.nan
     while state.step < cfg.train.steps:
         step_start = time.perf_counter()
-        temp = (cfg.temperature.joint_t if cfg.mode == "electra"
-                else temperature(cfg.temperature, state.step, cfg.train.steps))
+        temp = mode.temperature(state.step, cfg.train.steps)
         lr = engine.get_lr()[0]
         last = state.step + 1 == cfg.train.steps
         log_now = (state.step + 1) % cfg.logging.log_every == 0 or last
         step_outputs = []
         for micro_step in range(accumulation):
             batch = next(train_batches).to(env.device, non_blocking=True)
-            out = _forward(engine, cfg, frozen, batch, temp)
+            out = mode.forward(engine, batch, temp)
             guard.observe(out["loss"])
             engine.backward(out["loss"])
             if micro_step == accumulation - 1:
@@ -177,7 +145,7 @@ def pretrain(cfg: RunConfig) -> PretrainResult:
         if log_now and window_steps:
             metrics = reduce_metrics(window)
             seconds = (time.perf_counter() - window_start) / window_steps
-            if cfg.mode != "mlm":  # mlm samples nothing
+            if mode.samples:
                 metrics["temperature"] = temp
             metrics.update(
                 lr=lr,
@@ -192,7 +160,7 @@ def pretrain(cfg: RunConfig) -> PretrainResult:
         state.train_seconds += time.perf_counter() - step_start
         if eval_set is not None and (state.step % cfg.eval.every == 0 or last):
             eval_start = time.perf_counter()
-            eval_metrics = evaluate(engine, cfg, eval_set, device=env.device)
+            eval_metrics = evaluate(engine, mode, eval_set, device=env.device)
             logger.log(state.step, {**eval_metrics, "train_seconds": state.train_seconds,
                                     "train_flops": state.step * flops_per_step}, prefix="eval")
             window_start += time.perf_counter() - eval_start  # step times leave evaluation out
@@ -207,114 +175,21 @@ def pretrain(cfg: RunConfig) -> PretrainResult:
             break
     guard.close()
 
-    if cfg.mode == "mlm":
+    if mode.exports_generator:
         _export_generator(engine, cfg, env, data_info)
         logger.info(f"generator saved to {run_dir / 'generator'} (use it as generator.path)")
     logger.close()
-    return PretrainResult(eval_metrics, state, engine, frozen, stopped_early=guard.stop and
-                          state.step < cfg.train.steps)
+    return PretrainResult(eval_metrics, state, engine, mode.frozen_generator,
+                          stopped_early=guard.stop and state.step < cfg.train.steps)
 
 
-class FaultGuard:
-    """Per-step decisions that every rank must take together, in one all-reduce per step:
-
-      skip  the loss was not finite on some rank in some micro-batch: no rank applies the
-            update (the optimizer's step is a no-op, DeepSpeed's bookkeeping runs as usual),
-            so the weights stay finite; max_consecutive_skips in a row end the run.
-      stop  SIGTERM / SIGUSR1 arrived on some rank, or train.time_limit_minutes passed: the
-            loop saves a committed checkpoint and returns.
-    """
-
-    def __init__(self, cfg: RunConfig, env: DistEnv, optimizer):
-        self.cfg, self.optimizer = cfg, optimizer
-        self.comm_device = env.device if env.device.type == "cuda" else torch.device("cpu")
-        self.nonfinite = torch.zeros((), device=env.device)
-        self.skip = self.stop = False
-        self.stop_reason = ""
-        self.consecutive_skips = self.total_skips = 0
-        self._signal: str | None = None
-        self._deadline = (time.monotonic() + 60 * cfg.train.time_limit_minutes
-                          if cfg.train.time_limit_minutes else math.inf)
-        self._previous = {}
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            try:
-                self._previous[sig] = signal.signal(sig, self._on_signal)
-            except ValueError:  # not the main thread (e.g. called from a notebook worker)
-                pass
-
-    def _on_signal(self, signum, frame) -> None:
-        self._signal = signal.Signals(signum).name
-
-    def observe(self, loss: torch.Tensor) -> None:
-        """Note a micro-batch's loss; stays on the device (no host sync here)."""
-        self.nonfinite = torch.maximum(self.nonfinite, (~torch.isfinite(loss.detach())).float())
-
-    def decide(self) -> None:
-        flags = torch.stack([self.nonfinite.to(self.comm_device),
-                             torch.tensor(float(self._signal is not None
-                                                or time.monotonic() > self._deadline),
-                                          device=self.comm_device)])
-        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        self.skip, stop = bool(flags[0] > 0), bool(flags[1] > 0)
-        if stop and not self.stop:
-            self.stop_reason = (f"{self._signal} received" if self._signal
-                                else "train.time_limit_minutes reached" if
-                                time.monotonic() > self._deadline else "another rank stopped")
-        self.stop = self.stop or stop
-        self.optimizer.skip_next_step = self.skip
-        self.nonfinite.zero_()
-        if self.skip:
-            self.consecutive_skips += 1
-            self.total_skips += 1
-        else:
-            self.consecutive_skips = 0
-
-    def raise_if_diverged(self, step: int) -> None:
-        if self.consecutive_skips >= self.cfg.train.max_consecutive_skips:
-            raise UserError(
-                f"the loss was not finite for {self.consecutive_skips} steps in a row (up to "
-                f"step {step}); stopping. No update was applied in those steps, so the last "
-                f"committed checkpoint holds finite weights. Lower optim.lr, raise "
-                f"optim.warmup_steps, or check the data; then resume.")
-
-    def close(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def _build_generator(cfg: RunConfig, vocab_size: int, pad_id: int):
-    return build_generator(cfg.generator, embedding_size=cfg.model.embedding_size,
-                           max_position_embeddings=cfg.model.max_position_embeddings,
-                           vocab_size=vocab_size, pad_id=pad_id,
-                           hidden_dropout=cfg.model.hidden_dropout,
-                           attention_dropout=cfg.model.attention_dropout)
-
-
-def _forward(engine, cfg: RunConfig, frozen: FrozenGenerator | None, batch: MaskedBatch,
-             temp: float) -> dict[str, torch.Tensor]:
-    """One micro-batch through the engine; returns the loss and metric sums."""
-    if cfg.mode == "fast-electra":
-        corrupted, rtd_labels, gen_metrics = frozen.corrupt(batch, temperature=temp,
-                                                            seed=cfg.seed)
-        out = engine(corrupted_ids=corrupted, attention_mask=batch.attention_mask,
-                     rtd_labels=rtd_labels, token_type_ids=batch.token_type_ids)
-        return {**out, **gen_metrics}
-    if cfg.mode == "electra":
-        return engine(input_ids=batch.input_ids, masked_ids=batch.masked_ids,
-                      attention_mask=batch.attention_mask, token_type_ids=batch.token_type_ids,
-                      positions=batch.positions, labels=batch.labels, weights=batch.weights,
-                      sample_ids=batch.sample_ids, temperature=temp, seed=cfg.seed)
-    return engine(masked_ids=batch.masked_ids, attention_mask=batch.attention_mask,
-                  token_type_ids=batch.token_type_ids, positions=batch.positions,
-                  labels=batch.labels, weights=batch.weights)
-
-
-def _build_eval_set(cfg: RunConfig, env: DistEnv, data_info: DataInfo, log) -> EvalSet:
+def _build_eval_set(cfg: RunConfig, mode: Mode, env: DistEnv, data_info: DataInfo,
+                    log) -> EvalSet:
     """This rank's shard of the evaluation set that eval.* describes; the judge (if any) is
     loaded, used and dropped here. Rank 0 writes RUN_DIR/eval_set.json."""
-    judge_name = _judge_name(cfg, log)
+    judge_name = mode.default_judge()
     judge, fingerprint = None, ""
-    if judge_name == evaluation.SELF:
+    if judge_name == SELF_JUDGE:
         fingerprint = f"self:{Path(cfg.run_dir).resolve()}"  # equal to no other run's
     elif judge_name is not None:
         judge, fingerprint = evaluation.load_judge(judge_name, data_info, device=env.device,
@@ -334,48 +209,14 @@ def _build_eval_set(cfg: RunConfig, env: DistEnv, data_info: DataInfo, log) -> E
     return eval_set
 
 
-def _judge_name(cfg: RunConfig, log) -> str | None:
-    """eval.judge resolved: a folder or hub id, SELF, or None (mode=mlm needs no judge)."""
-    if cfg.mode == "mlm":
-        return None
-    judge = cfg.eval.judge
-    if judge == "auto":
-        if cfg.mode == "electra":
-            if not (cfg.generator.path and resolve_path(cfg.generator.path).is_dir()):
-                log(f"eval: eval.judge=auto and generator.path={cfg.generator.path!r} is no "
-                    f"folder, so this electra run is judged by its own generator (self): its "
-                    f"held-out numbers compare with no other run's. Name a judge "
-                    f"(eval.judge=FOLDER, e.g. a fast-electra run's generator) to compare.")
-                return evaluation.SELF
-        judge = cfg.generator.path
-    if judge == evaluation.SELF:
-        return judge
-    path = resolve_path(judge).expanduser()
-    return str(path.resolve()) if path.is_dir() else judge  # a folder, absolute; or a hub id
-
-
 @torch.no_grad()
-def evaluate(engine, cfg: RunConfig, eval_set: EvalSet, *, device: torch.device
-             ) -> dict[str, float]:
-    """Held-out metrics on the evaluation set: replaced-token detection against the judge's
-    replacements (evaluation.score_discriminator), and the MLM accuracy of a trained generator
-    on the same masks. Collective: every rank scores its shard."""
+def evaluate(engine, mode: Mode, eval_set: EvalSet, *, device: torch.device) -> dict[str, float]:
+    """Held-out metrics on the evaluation set: what the mode's eval_targets name, scored by
+    evaluation.score_targets. Collective: every rank scores its shard."""
     engine.eval()
-    module = engine.module
-    batch_size = cfg.train.micro_batch_size
-    metrics: dict[str, float] = {}
-    if cfg.mode != "fast-electra":  # a generator that trains: how well it predicts
-        metrics.update(evaluation.score_masked_lm(module.generator, eval_set, device=device,
-                                                  batch_size=batch_size))
-    if cfg.mode != "mlm":
-        corrupt_fn = None
-        if eval_set.corrupted_ids is None:  # judge=self: this run's generator, as it is now
-            def corrupt_fn(batch: MaskedBatch):
-                return corrupt(module.generator, batch, temperature=evaluation.JUDGE_TEMPERATURE,
-                               seed=cfg.eval.seed + evaluation.JUDGE_SEED_OFFSET)[:2]
-        metrics.update(evaluation.score_discriminator(module.discriminator, eval_set,
-                                                      device=device, batch_size=batch_size,
-                                                      corrupt_fn=corrupt_fn))
+    metrics = evaluation.score_targets(mode.eval_targets(engine.module), eval_set, device=device,
+                                       batch_size=mode.cfg.train.micro_batch_size,
+                                       eval_seed=mode.cfg.eval.seed)
     engine.train()
     return metrics
 

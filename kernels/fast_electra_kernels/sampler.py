@@ -4,11 +4,11 @@ Shapes:
   h     [M, H]  generator hidden states at the M masked positions, after the MLM head's
                 transform (what enters the decoder); fp16 / bf16 / fp32
   W     [V, H]  decoder (output embedding) weight; b [V] its bias, or None
-  rows  [M]     int64 global row ids, the RNG counters (kernels/fast_electra_kernels/counter_rng.py)
+  rows  [M]     int64 global row ids, the RNG counters (counter_rng.py)
   z     [M, V]  logits / T = (h W^T + b) / T: the reference materializes it, the kernel never does
   out   SampleOutput of [M] tensors: tokens int64, lse fp32, expected_logit fp32, argmax int64
 
-A draw is argmax_v(z_v + g_v) with g standard Gumbel noise from fast_electra_kernels.counter_rng, a sample from
+A draw is argmax_v(z_v + g_v) with g standard Gumbel noise from counter_rng, a sample from
 softmax(z). lse = logsumexp_v z_v and expected_logit = E_p[z] = sum_v p_v z_v, so the entropy of
 p = softmax(z) is lse - expected_logit (SampleOutput.entropy). argmax = argmax_v logits_v (the
 first on a tie, as torch.argmax) is the generator's prediction, for its accuracy metric.

@@ -5,7 +5,7 @@ Shapes (one launch):
                     (fp16 / bf16 / fp32, unit stride along H)
   W        [V, H]   decoder weight, same dtype as h (unit stride along H)
   b        [V]      decoder bias (any float dtype) or absent
-  rows     [M]      int64 global row ids: the RNG counter of each row (kernels/fast_electra_kernels/counter_rng.py)
+  rows     [M]      int64 global row ids: the RNG counter of each row (counter_rng.py)
   partials [S, M]   per vocabulary split s: running max, sum of exp, sum of exp * z,
                     best score z + g and its column, largest logit and its column
                     (S = number of splits, usually 1)
@@ -19,9 +19,9 @@ running sum of exp, running sum of exp * z), an online Gumbel-max (running best 
 online argmax of the logits (running largest logit, for the generator's accuracy). With S > 1
 the splits' partials are merged by `merge_partials` (a few [S, M] torch ops).
 
-The Gumbel noise re-implements kernels/fast_electra_kernels/counter_rng.py on uint32: products wrap modulo 2**32,
-which is the reference's `& M32`, and `>>` on uint32 is a logical shift, as on the reference's
-non-negative int64 values. The uniforms are therefore bit-identical to the reference's; the noise
+The Gumbel noise re-implements counter_rng.py on uint32: products wrap modulo 2**32, which is the
+reference's `& M32`, and `>>` on uint32 is a logical shift, as on the reference's non-negative
+int64 values. The uniforms are therefore bit-identical to the reference's; the noise
 -log(-log(u)) can differ from torch's in the last bits where the GPU's log is approximate.
 """
 
@@ -51,7 +51,8 @@ def _mix32(x):
 
 @triton.jit
 def _row_keys(seed_word, rows):
-    """counter_rng.row_keys: seed_word is the host's (seed & M32) ^ ((seed >> 32) & M32); rows int64."""
+    """counter_rng.row_keys: seed_word is the host's (seed & M32) ^ ((seed >> 32) & M32); rows
+    int64."""
     s = _mix32(seed_word.to(tl.uint32))
     # int64 -> uint32 truncates: the reference's `& M32` (for hi, after its arithmetic shift)
     hi = (rows >> 32).to(tl.uint32)
@@ -61,7 +62,8 @@ def _row_keys(seed_word, rows):
 
 @triton.jit
 def _uniforms(keys, cols):
-    """counter_rng.uniform_from_keys: keys [BM] uint32, cols [BV] int32 -> [BM, BV] fp32 in (0, 1)."""
+    """counter_rng.uniform_from_keys: keys [BM] uint32, cols [BV] int32 -> [BM, BV] fp32 in
+    (0, 1)."""
     x = keys[:, None] ^ (cols.to(tl.uint32) * COL_MUL)[None, :]
     x = _mix32(_mix32(x))
     return ((x >> UNIFORM_SHIFT).to(tl.float32) + 0.5) * UNIFORM_SCALE
@@ -69,8 +71,8 @@ def _uniforms(keys, cols):
 
 @triton.jit
 def _gumbel(u):
-    """counter_rng.gumbel_from_uniform: finite for every uniform _uniforms returns, also where the GPU's
-    log is approximate (the clamp keeps -log(u) > 0 near u = 1)."""
+    """counter_rng.gumbel_from_uniform: finite for every uniform _uniforms returns, also where the
+    GPU's log is approximate (the clamp keeps -log(u) > 0 near u = 1)."""
     return -tl.log(tl.maximum(-tl.log(u), MIN_NEG_LOG_U))
 
 

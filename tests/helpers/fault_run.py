@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from fast_electra_ds.config import load_config
+from fast_electra_ds.method.modes import Mode
 from fast_electra_ds.training import loop
 
 parser = argparse.ArgumentParser()
@@ -31,12 +32,12 @@ args, overrides = parser.parse_known_args()
 nan_steps = {int(s) for s in args.nan_steps.split(",") if s}
 rank = int(os.environ.get("RANK", "0"))
 
-real_forward = loop._forward
+real_forward = Mode.forward  # every mode's micro-batch goes through it
 calls = {"n": 0}
 
 
-def forward(engine, cfg, frozen, batch, temp):
-    out = real_forward(engine, cfg, frozen, batch, temp)
+def forward(self, engine, batch, temp):
+    out = real_forward(self, engine, batch, temp)
     step = calls["n"] // engine.gradient_accumulation_steps() + 1 + train_start["step"]
     calls["n"] += 1
     if rank == args.nan_rank and step in nan_steps:
@@ -46,7 +47,7 @@ def forward(engine, cfg, frozen, batch, temp):
     return out
 
 
-loop._forward = forward
+Mode.forward = forward
 train_start = {"step": 0}
 real_resume = loop.checkpoint.resume
 

@@ -6,10 +6,11 @@ session other modules may already have imported triton (deepspeed does), so on a
 kernel test module re-runs itself in a child process with the flag set, and skips its kernel tests
 in the parent. A test module takes both pieces from here:
 
-    from fast_electra_kernels.testing import kernel_test, test_kernels_in_interpreter_process
+    from helpers.kernel_testing import kernel_test, test_kernels_in_interpreter_process
 
 and marks its kernel tests @kernel_test (pytest collects the imported test in each module, and
-`request.path` is that module's file).
+`request.path` is that module's file). The child is pytest on that file from the repository root,
+so it reads the same pytest settings, tests/ on its path included.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from fast_electra_kernels._dispatch import interpreting
 
 # where the kernel tests put their tensors: compiled kernels on a GPU, else the interpreter on CPU

@@ -39,7 +39,7 @@ test: setup
 # torch. constraints.txt pins the version.
 bench: setup
 	$(PIPQ) --no-deps electra-pytorch
-	$(PY) -m fast_electra_ds bench --quick
+	$(PY) benchmarks/bench.py --quick
 
 clean-demo:
 	rm -rf .demo

@@ -30,7 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from fast_electra_ds.bench import cpu_name  # noqa: E402
+from benchmarks.machine import cpu_name  # noqa: E402
 from fast_electra_ds.downstream.compare import describe_set, read_run, table  # noqa: E402
 
 TOKENS_PER_STEP = 2048

@@ -27,14 +27,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from fast_electra_ds.bench import cpu_name  # noqa: E402
+from benchmarks.machine import cpu_name  # noqa: E402
 from fast_electra_ds.downstream.compare import (  # noqa: E402
-    describe_set,
-    eval_set_groups,
-    plot_curves,
-    read_run,
-    table,
-)
+    describe_set, eval_set_groups, plot_curves, read_run, table)
 
 RUNS = ("fast-electra", "electra")
 

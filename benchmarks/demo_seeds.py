@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from fast_electra_ds.bench import cpu_name  # noqa: E402
+from benchmarks.machine import cpu_name  # noqa: E402
 from fast_electra_ds.downstream.compare import describe_set, eval_set_groups, read_run, table  # noqa: E402
 
 MODES = ("fast-electra", "electra")

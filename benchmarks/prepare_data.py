@@ -36,6 +36,7 @@ from pathlib import Path
 import psutil
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # for benchmarks.machine, when run as a script
 KJV = REPO / "corpus" / "kjv.txt"
 RESULTS = REPO / "benchmarks" / "results"
 SEQ_LEN = 128
@@ -45,7 +46,7 @@ COPIES = (1, 10, 30)
 
 
 def machine() -> str:
-    from fast_electra_ds.bench import cpu_name
+    from benchmarks.machine import cpu_name
 
     cpu = cpu_name()
     mem_gib = psutil.virtual_memory().total / 2**30

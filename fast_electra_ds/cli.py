@@ -6,7 +6,6 @@
     pretrain         the training run (fast-electra, electra or mlm), also under `deepspeed`
     compare          runs side by side (step time, memory, held-out metrics), learning curves
     evaluate         finished runs / exported discriminators scored on one judged set
-    bench            FLOPs, memory and step time of electra vs fast-electra (benchmarks/)
     export           a run's newest committed checkpoint -> Hugging Face model folders
     finetune         GLUE fine-tuning of a HF model folder (ELECTRA recipe, median of seeds)
 
@@ -95,26 +94,6 @@ def _evaluate(args: argparse.Namespace) -> None:
     if args.output:
         Path(args.output).write_text(json.dumps({"eval_set": eval_set.record(), "rows": rows},
                                                 indent=2) + "\n")
-
-
-def _bench(args: argparse.Namespace) -> None:
-    import shlex
-
-    import torch
-
-    from fast_electra_ds.bench import run
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda but no CUDA GPU is visible; use --device cpu")
-    suite = "smoke" if args.smoke else "quick" if args.quick else "full"
-    # the command as the results record it: every option, defaults included
-    command = ["fast-electra", "bench", *([f"--{suite}"] if suite != "full" else []),
-               "--device", device, *(["--config", args.config] if args.config else []),
-               *(["--threads", str(args.threads)] if args.threads is not None else []),
-               "--output", args.output]
-    run(suite_name=suite, device=device, output=args.output, recipe=args.config,
-        threads=args.threads, command=shlex.join(command))
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -248,32 +227,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=None, metavar="JSON",
                    help="also write the set's description and the rows there")
     p.set_defaults(func=_evaluate)
-
-    p = sub.add_parser("bench", help="FLOPs, memory and step time: electra vs fast-electra",
-                       description="Analytic FLOPs and memory per step of the main and auxiliary "
-                                   "models (joint ELECTRA vs Fast-ELECTRA, beside the paper's "
-                                   "tables), FlopCounterMode's count, peak memory of each mode "
-                                   "in a fresh process, and step time of electra, fast-electra, "
-                                   "a discriminator-only bound and the electra-pytorch peer, "
-                                   "measured side by side. Writes markdown, CSV and PNG plots.")
-    suite = p.add_mutually_exclusive_group()
-    suite.add_argument("--quick", action="store_true",
-                       help="the quick suite: reduced micro-batch (8), a few minutes on a CPU "
-                            "(what `make bench` runs)")
-    suite.add_argument("--smoke", action="store_true",
-                       help="the smallest case (tiny recipe, micro-batch 2 x 32), for tests")
-    p.add_argument("--device", choices=("cpu", "cuda"), default=None,
-                   help="default: cuda when a GPU is visible, else cpu")
-    p.add_argument("--config", default=None, metavar="RECIPE",
-                   help="recipe whose shape is timed (default: small; tiny with --smoke)")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="torch intra-op threads (default: 1 on cpu, where a shared machine makes "
-                        "more threads spin-wait and the times vary several-fold; torch's own on "
-                        "cuda; 0 = torch's default)")
-    p.add_argument("--output", default="benchmarks/results", metavar="DIR",
-                   help="where bench_<device>[_<suite>].md/.csv/_*.png go "
-                        "(default benchmarks/results)")
-    p.set_defaults(func=_bench)
 
     p = sub.add_parser("export", help="a run's newest committed checkpoint -> HF model folders",
                        description="Consolidate the newest committed checkpoint of a run (any "

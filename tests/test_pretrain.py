@@ -225,11 +225,19 @@ def test_training_steps_feed_segment_b_token_types_to_every_model(tmp_path, tiny
         return real_forward(self, *args, token_type_ids=token_type_ids, **kwargs)
 
     monkeypatch.setattr(ElectraModel, "forward", spy)
-    loop.pretrain(_cfg(tmp_path / mode, tiny_dataset, f"mode={mode}", "train.steps=2",
-                        f"generator.path={tiny_generator}", "eval.every=0"))
+    result = loop.pretrain(_cfg(tmp_path / mode, tiny_dataset, f"mode={mode}", "train.steps=2",
+                                f"generator.path={tiny_generator}", "eval.every=0"))
     # tiny recipe: discriminator hidden 64, generators (trained or frozen) hidden 32
     expected = {"fast-electra": {32, 64}, "electra": {32, 64}, "mlm": {32}}[mode]
     assert set(seen) == expected and all(seen.values()), seen
+
+    # what export writes was trained: the segment-B row of every trained type embedding got
+    # gradients (Adam's first moment; AdamW's weight decay alone would leave it at zero)
+    optimizer = result.engine.basic_optimizer
+    trained = [m for m in result.engine.module.modules() if isinstance(m, ElectraModel)]
+    for model in trained:
+        table = model.embeddings.token_type_embeddings.weight
+        assert table.shape[0] == 2 and optimizer.state[table]["exp_avg"][1].abs().sum() > 0
 
 
 def test_evaluation_without_valid_data_fails_before_the_first_step(tmp_path, tiny_corpus,

@@ -58,8 +58,7 @@ def torch_threads():
 def _models():
     torch.manual_seed(0)
     disc = build_discriminator(MODEL, vocab_size=VOCAB, pad_id=0)
-    gen = build_generator(GENERATOR, embedding_size=MODEL.embedding_size,
-                          max_position_embeddings=MAX_POSITIONS, vocab_size=VOCAB, pad_id=0)
+    gen = build_generator(GENERATOR, MODEL, vocab_size=VOCAB, pad_id=0)
     return disc, gen
 
 

@@ -179,9 +179,8 @@ def random_generator(tmp_path_factory, tiny_tokenizer) -> Path:
     tok = AutoTokenizer.from_pretrained(str(tiny_tokenizer))
     cfg = load_config("tiny")
     torch.manual_seed(0)
-    model = build_generator(cfg.generator, embedding_size=cfg.model.embedding_size,
-                            max_position_embeddings=cfg.model.max_position_embeddings,
-                            vocab_size=len(tok), pad_id=tok.pad_token_id)
+    model = build_generator(cfg.generator, cfg.model, vocab_size=len(tok),
+                            pad_id=tok.pad_token_id)
     out = tmp_path_factory.mktemp("generator") / "random"
     model.save_pretrained(out)
     tok.save_pretrained(out)

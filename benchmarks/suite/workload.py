@@ -100,7 +100,5 @@ def save_frozen_generator(spec: Spec) -> None:
     loads (weights do not change the cost)."""
     cfg = spec.config()
     torch.manual_seed(cfg.seed)
-    build_generator(cfg.generator, embedding_size=cfg.model.embedding_size,
-                    max_position_embeddings=cfg.model.max_position_embeddings,
-                    vocab_size=spec.vocab_size,
+    build_generator(cfg.generator, cfg.model, vocab_size=spec.vocab_size,
                     pad_id=SPECIAL_IDS["pad"]).save_pretrained(Path(spec.generator_dir))

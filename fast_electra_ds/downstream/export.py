@@ -167,11 +167,7 @@ def _load_part(part: str, state: dict[str, torch.Tensor], cfg: RunConfig, *, voc
     if part == "discriminator":
         model = build_discriminator(cfg.model, vocab_size=vocab_size, pad_id=pad_id)
     else:
-        model = build_generator(cfg.generator, embedding_size=cfg.model.embedding_size,
-                                max_position_embeddings=cfg.model.max_position_embeddings,
-                                vocab_size=vocab_size, pad_id=pad_id,
-                                hidden_dropout=cfg.model.hidden_dropout,
-                                attention_dropout=cfg.model.attention_dropout)
+        model = build_generator(cfg.generator, cfg.model, vocab_size=vocab_size, pad_id=pad_id)
     prefix = f"{part}."
     weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     try:

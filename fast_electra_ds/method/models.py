@@ -33,16 +33,17 @@ def build_discriminator(model_cfg: ModelConfig, *, vocab_size: int,
     return ElectraForPreTraining(config)
 
 
-def build_generator(gen_cfg: GeneratorConfig, *, embedding_size: int,
-                    max_position_embeddings: int, vocab_size: int, pad_id: int,
-                    hidden_dropout: float = 0.1,
-                    attention_dropout: float = 0.1) -> ElectraForMaskedLM:
-    """A freshly initialized masked-LM generator (mode=electra/mlm).
+def build_generator(gen_cfg: GeneratorConfig, model_cfg: ModelConfig, *, vocab_size: int,
+                    pad_id: int) -> ElectraForMaskedLM:
+    """A freshly initialized masked-LM generator (mode=electra/mlm) of shape `gen_cfg`.
 
-    `embedding_size` and `max_position_embeddings` come from the discriminator's ModelConfig so
-    that mode=electra can share the embedding tables (see `tie_embeddings`); the output layer is
-    tied to the word embeddings, as in ELECTRA.
+    Embedding size, position limit and dropout come from the discriminator's `model_cfg`, so that
+    mode=electra can share the embedding tables (see `tie_embeddings`) and both models train with
+    the same regularization; the output layer is tied to the word embeddings, as in ELECTRA.
     """
+    embedding_size = model_cfg.embedding_size
+    max_position_embeddings = model_cfg.max_position_embeddings
+    hidden_dropout, attention_dropout = model_cfg.hidden_dropout, model_cfg.attention_dropout
     config = ElectraConfig(
         vocab_size=vocab_size,
         embedding_size=embedding_size,

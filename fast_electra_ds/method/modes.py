@@ -88,12 +88,8 @@ class Mode:
                                    pad_id=self.special_ids["pad"])
 
     def _generator(self) -> nn.Module:
-        cfg = self.cfg
-        return build_generator(cfg.generator, embedding_size=cfg.model.embedding_size,
-                               max_position_embeddings=cfg.model.max_position_embeddings,
-                               vocab_size=self.vocab_size, pad_id=self.special_ids["pad"],
-                               hidden_dropout=cfg.model.hidden_dropout,
-                               attention_dropout=cfg.model.attention_dropout)
+        return build_generator(self.cfg.generator, self.cfg.model, vocab_size=self.vocab_size,
+                               pad_id=self.special_ids["pad"])
 
     def generator_shape(self) -> flops.Encoder:
         return flops.Encoder.generator(self.cfg.generator, self.cfg.model.embedding_size)

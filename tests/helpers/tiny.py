@@ -30,10 +30,7 @@ def make_models(vocab: int = VOCAB, *, seed: int = 0, dropout: float = 0.0):
     torch.manual_seed(seed)
     model_cfg = dataclasses.replace(MODEL_CFG, hidden_dropout=dropout, attention_dropout=dropout)
     disc = build_discriminator(model_cfg, vocab_size=vocab, pad_id=SPECIAL["pad"])
-    generator = build_generator(GEN_CFG, embedding_size=model_cfg.embedding_size,
-                                max_position_embeddings=model_cfg.max_position_embeddings,
-                                vocab_size=vocab, pad_id=SPECIAL["pad"], hidden_dropout=dropout,
-                                attention_dropout=dropout)
+    generator = build_generator(GEN_CFG, model_cfg, vocab_size=vocab, pad_id=SPECIAL["pad"])
     return generator, disc
 
 

@@ -56,6 +56,12 @@ class ModelConfig:
     """Dropout on hidden states."""
     attention_dropout: float = 0.1
     """Dropout on attention probabilities."""
+    attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = "auto"
+    """Attention of every model of the run (the discriminator, a generator trained here, the
+    frozen generator): sdpa (torch's scaled_dot_product_attention), flash_attention_2 (the
+    flash-attn package, CUDA with bf16/fp16 only; padded batches run unpadded, varlen), eager (the
+    plain matmul-softmax reference); auto = flash_attention_2 where it can run, else sdpa. The
+    choice, and why, is logged."""
 
 
 @dataclass

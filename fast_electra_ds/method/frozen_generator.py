@@ -56,6 +56,7 @@ class FrozenGenerator:
              special_ids: Mapping[str, int | None],
              device: torch.device | str = "cpu", dtype: str = "auto", kernel_inject: bool = True,
              vocab: Mapping[str, int] | None = None, fused: bool = False,
+             attn_implementation: str = "sdpa",
              logger: Callable[[str], None] = print) -> "FrozenGenerator":
         """Load, check against the data, and freeze a HF masked LM.
 
@@ -65,6 +66,7 @@ class FrozenGenerator:
         dtype: auto (fp16 on CUDA, fp32 on CPU), fp16 (CUDA only), bf16 or fp32.
         fused: sample with the fused Triton kernel (kernel_switch.resolve_kernels says whether it
         runs); an architecture without a masked-only head keeps the eager sampler.
+        attn_implementation: a resolved one (models.resolve_attention).
         """
         device = torch.device(device)
         on_cuda = device.type == "cuda"
@@ -79,11 +81,13 @@ class FrozenGenerator:
                        "fp32": torch.float32}[dtype]
 
         model, source = load_masked_lm(path_or_hub_id, vocab_size=vocab_size,
-                                       special_ids=special_ids, vocab=vocab, logger=logger)
+                                       special_ids=special_ids, vocab=vocab, logger=logger,
+                                       attn_implementation=attn_implementation)
 
         if on_cuda:
             model, runtime = _init_inference(
-                model, lambda: _load_frozen(source), device=device,
+                model, lambda: _load_frozen(source, attn_implementation=attn_implementation),
+                device=device,
                 dtype=torch_dtype, kernel_inject=kernel_inject, special_ids=special_ids,
                 logger=logger)
         else:
@@ -130,14 +134,15 @@ class FrozenGenerator:
 
 def load_masked_lm(path_or_hub_id: str, *, vocab_size: int, special_ids: Mapping[str, int | None],
                    vocab: Mapping[str, int] | None = None, logger: Callable[[str], None] = print,
-                   what: str = "generator.path") -> tuple[nn.Module, str]:
+                   what: str = "generator.path",
+                   attn_implementation: str = "sdpa") -> tuple[nn.Module, str]:
     """A HF masked LM checked against the data (vocabulary, special tokens, tokenizer), frozen,
     fp32 on CPU, and where it came from. `what` names the setting in error messages."""
     source = _resolve_source(path_or_hub_id, what)
     _read_config(source, vocab_size=vocab_size, what=what)  # cheap checks before any weights
     _check_tokenizer(source, vocab_size=vocab_size, special_ids=special_ids, vocab=vocab,
                      logger=logger, what=what)
-    return _load_frozen(source, what), source
+    return _load_frozen(source, what, attn_implementation=attn_implementation), source
 
 
 def _resolve_source(path_or_hub_id: str, what: str = "generator.path") -> str:
@@ -215,13 +220,15 @@ def _check_tokenizer(source: str, *, vocab_size: int, special_ids: Mapping[str, 
                         "model's tokenizer, or use a model trained with this tokenizer")
 
 
-def _load_frozen(source: str, what: str = "generator.path") -> nn.Module:
+def _load_frozen(source: str, what: str = "generator.path", *,
+                 attn_implementation: str = "sdpa") -> nn.Module:
     """The masked LM at `source` in fp32 on CPU, in eval mode, with gradients off."""
     from transformers import AutoModelForMaskedLM
 
     try:
-        model, info = AutoModelForMaskedLM.from_pretrained(source, dtype=torch.float32,
-                                                           output_loading_info=True)
+        model, info = AutoModelForMaskedLM.from_pretrained(
+            source, dtype=torch.float32, output_loading_info=True,
+            attn_implementation=attn_implementation)
     except (OSError, ValueError) as e:
         raise UserError(f"{what}: cannot load a masked LM from {source} ({e}); it must "
                         f"be a folder written by save_pretrained (config.json + weights)") from None

@@ -3,20 +3,26 @@
 The discriminator is an `ElectraForPreTraining` (encoder + per-token "replaced?" head), the
 generator trained here (mode=electra/mlm) an `ElectraForMaskedLM`. Both save with
 `save_pretrained` into folders that the HF ecosystem (and `FrozenGenerator.load`) reads directly.
-A frozen generator loaded from disk is not built here: see generator.py.
+A frozen generator loaded from disk is not built here: see frozen_generator.py.
 """
 
 from __future__ import annotations
 
+import importlib.util
+from collections.abc import Callable
+
+import torch
 from torch import nn
 from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
 
 from fast_electra_ds.config import GeneratorConfig, ModelConfig
+from fast_electra_ds.errors import UserError
 
 
-def build_discriminator(model_cfg: ModelConfig, *, vocab_size: int,
-                        pad_id: int) -> ElectraForPreTraining:
-    """A freshly initialized discriminator whose shape is given by `model_cfg`."""
+def build_discriminator(model_cfg: ModelConfig, *, vocab_size: int, pad_id: int,
+                        attn_implementation: str = "sdpa") -> ElectraForPreTraining:
+    """A freshly initialized discriminator whose shape is given by `model_cfg`;
+    attn_implementation: a resolved one (`resolve_attention`), not auto."""
     config = ElectraConfig(
         vocab_size=vocab_size,
         embedding_size=model_cfg.embedding_size,
@@ -29,12 +35,13 @@ def build_discriminator(model_cfg: ModelConfig, *, vocab_size: int,
         attention_probs_dropout_prob=model_cfg.attention_dropout,
         max_position_embeddings=model_cfg.max_position_embeddings,
         pad_token_id=pad_id,
+        attn_implementation=attn_implementation,
     )
     return ElectraForPreTraining(config)
 
 
 def build_generator(gen_cfg: GeneratorConfig, model_cfg: ModelConfig, *, vocab_size: int,
-                    pad_id: int) -> ElectraForMaskedLM:
+                    pad_id: int, attn_implementation: str = "sdpa") -> ElectraForMaskedLM:
     """A freshly initialized masked-LM generator (mode=electra/mlm) of shape `gen_cfg`.
 
     Embedding size, position limit and dropout come from the discriminator's `model_cfg`, so that
@@ -57,6 +64,7 @@ def build_generator(gen_cfg: GeneratorConfig, model_cfg: ModelConfig, *, vocab_s
         max_position_embeddings=max_position_embeddings,
         pad_token_id=pad_id,
         tie_word_embeddings=True,
+        attn_implementation=attn_implementation,
     )
     return ElectraForMaskedLM(config)
 
@@ -105,3 +113,26 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+
+
+def resolve_attention(setting: str, *, device: torch.device | str, half_precision: bool,
+                      log: Callable[[str], None] = print) -> str:
+    """config model.attn_implementation -> the implementation every model of the run uses.
+
+    flash_attention_2 needs CUDA, 16-bit weights (bf16/fp16 training; the frozen generator is
+    fp16 there) and the flash-attn package; asked for where it cannot run, it is an error, not a
+    silent fallback. auto takes it where it can run and sdpa elsewhere, and says why.
+    """
+    device = torch.device(device)
+    missing = [why for ok, why in (
+        (device.type == "cuda", f"the run is on {device.type}"),
+        (half_precision, "training is fp32 (flash attention needs bf16 or fp16)"),
+        (importlib.util.find_spec("flash_attn") is not None, "flash-attn is not installed"),
+    ) if not ok]
+    if setting == "flash_attention_2" and missing:
+        raise UserError(f"model.attn_implementation=flash_attention_2 cannot run: "
+                        f"{'; '.join(missing)}. Use sdpa (or auto)")
+    resolved = setting if setting != "auto" else ("sdpa" if missing else "flash_attention_2")
+    why = f" (auto: {missing[0]})" if setting == "auto" and missing else ""
+    log(f"attention: {resolved}{why}")
+    return resolved

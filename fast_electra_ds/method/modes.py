@@ -54,10 +54,12 @@ class Mode:
     exports_generator: ClassVar[bool] = False  # writes RUN_DIR/generator when training ends
 
     def __init__(self, cfg: RunConfig, *, vocab_size: int, special_ids: dict[str, int],
-                 device: torch.device, fused: bool = False,
+                 device: torch.device, fused: bool = False, attention: str = "sdpa",
                  log: Callable[[str], None] = print):
+        """fused: the Triton kernels (kernel_switch.resolve_kernels); attention: every model's
+        attention implementation (models.resolve_attention)."""
         self.cfg, self.vocab_size, self.special_ids = cfg, vocab_size, special_ids
-        self.device, self.fused, self.log = device, fused, log
+        self.device, self.fused, self.attention, self.log = device, fused, attention, log
         self.frozen_generator: FrozenGenerator | None = None
 
     # ---- what config validation asks the mode ------------------------------------------------
@@ -85,11 +87,12 @@ class Mode:
 
     def _discriminator(self) -> nn.Module:
         return build_discriminator(self.cfg.model, vocab_size=self.vocab_size,
-                                   pad_id=self.special_ids["pad"])
+                                   pad_id=self.special_ids["pad"],
+                                   attn_implementation=self.attention)
 
     def _generator(self) -> nn.Module:
         return build_generator(self.cfg.generator, self.cfg.model, vocab_size=self.vocab_size,
-                               pad_id=self.special_ids["pad"])
+                               pad_id=self.special_ids["pad"], attn_implementation=self.attention)
 
     def generator_shape(self) -> flops.Encoder:
         return flops.Encoder.generator(self.cfg.generator, self.cfg.model.embedding_size)
@@ -166,7 +169,7 @@ class FastElectra(Mode):
             str(resolve_path(cfg.generator.path)), vocab_size=self.vocab_size,
             special_ids=self.special_ids, device=self.device,
             dtype=cfg.generator.inference_dtype, kernel_inject=cfg.generator.kernel_inject,
-            fused=self.fused, logger=self.log)
+            fused=self.fused, attn_implementation=self.attention, logger=self.log)
         self.frozen_generator.check_seq_len(cfg.data.seq_len)
         return FastElectraObjective(self._discriminator(), fused=self.fused)
 

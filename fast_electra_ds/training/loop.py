@@ -25,6 +25,7 @@ from fast_electra_ds.data.loader import DataInfo, build_loader, open_datasets
 from fast_electra_ds.data.masking import Masker
 from fast_electra_ds.method.frozen_generator import FrozenGenerator
 from fast_electra_ds.method.kernel_switch import resolve_kernels
+from fast_electra_ds.method.models import resolve_attention
 from fast_electra_ds.method.modes import Mode, mode_class
 from fast_electra_ds.training import checkpoint, evaluation
 from fast_electra_ds.training.ds_config import (load_ds_config, precision, resolve_ds_config,
@@ -62,8 +63,10 @@ def pretrain(cfg: RunConfig) -> PretrainResult:
     mode_cls = mode_class(cfg.mode)
     # the fused sampler / RTD loss (config kernels), for modes that sample
     fused = mode_cls.samples and resolve_kernels(cfg.kernels, env.device, log=log)
+    attention = resolve_attention(cfg.model.attn_implementation, device=env.device,
+                                  half_precision=precision(ds) in ("bf16", "fp16"), log=log)
     mode = mode_cls(cfg, vocab_size=vocab_size, special_ids=special, device=env.device,
-                    fused=fused, log=log)
+                    fused=fused, attention=attention, log=log)
     module = mode.build()
 
     # counted before the engine exists: under ZeRO-3 each rank then holds only a shard

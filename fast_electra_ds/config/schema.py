@@ -177,6 +177,11 @@ class TrainConfig:
     little under a cluster job's limit. SIGTERM and SIGUSR1 do the same at any time."""
     dist_timeout_minutes: float = 30.0
     """Timeout of collective operations (the process group), after which a hung rank fails."""
+    compile: bool = False
+    """torch.compile (inductor) the module the engine trains (DeepSpeed's engine.compile) and the
+    frozen generator's encoder. The first steps pay the compilation; shapes are static (fixed
+    seq_len and micro-batch), so training compiles once; evaluation batches of another size
+    compile once more."""
 
 
 @dataclass

@@ -105,6 +105,12 @@ class FrozenGenerator:
             fused = False
         return cls(model, device=device, source=source, runtime=runtime, fused=fused)
 
+    def compile(self) -> None:
+        """torch.compile the encoder in place (config train.compile). The head stays eager: it
+        runs at the K selected positions only, or inside the fused sampler."""
+        head = mlm_head(self.hf_model)
+        (head.encoder if head is not None else self.hf_model).compile()
+
     @property
     def vocab_size(self) -> int:
         return self.hf_model.config.vocab_size

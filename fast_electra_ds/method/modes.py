@@ -171,6 +171,8 @@ class FastElectra(Mode):
             dtype=cfg.generator.inference_dtype, kernel_inject=cfg.generator.kernel_inject,
             fused=self.fused, attn_implementation=self.attention, logger=self.log)
         self.frozen_generator.check_seq_len(cfg.data.seq_len)
+        if cfg.train.compile:
+            self.frozen_generator.compile()
         return FastElectraObjective(self._discriminator(), fused=self.fused)
 
     def generator_shape(self) -> flops.Encoder:

@@ -82,6 +82,8 @@ def pretrain(cfg: RunConfig) -> PretrainResult:
         ds["checkpoint"] = {**ds.get("checkpoint", {}), "load_universal": True}
     engine, optimizer_name = build_engine(module, cfg, ds, env)
     state = checkpoint.resume(engine, plan, log=log)
+    if cfg.train.compile:
+        engine.compile()  # after the weights are loaded; the first steps pay the compilation
     if state.step == 0:
         torch.manual_seed(cfg.seed + 1 + env.rank)  # dropout differs across ranks
     if env.is_main:

@@ -156,9 +156,10 @@ def corrupt_breakdown(frozen: FrozenGenerator, batches: list[MaskedBatch], reps:
                       device: torch.device) -> dict[str, float]:
     """Median seconds of the two halves of FrozenGenerator.corrupt, timed apart: the generator's
     forward (mlm_head.masked_logits) and the sampling (sampling.sample_replacements, the
-    counter-based Gumbel-max draw over the vocabulary that joint mode runs as well)."""
+    counter-based Gumbel-max draw over the vocabulary that joint mode runs as well), eager and
+    through torch.compile (train.compile; the first call, which compiles, is the warm-up)."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    forward_s, sampling_s = [], []
+    forward_s, sampling_s, compiled_s = [], [], []
     with torch.no_grad():
         for i in range(reps + 1):  # the first is a warm-up
             b = batches[i % len(batches)]
@@ -171,11 +172,17 @@ def corrupt_breakdown(frozen: FrozenGenerator, batches: list[MaskedBatch], reps:
             sampling.sample_replacements(logits, temperature=2.0, seed=0,
                                          sample_ids=b.sample_ids, weights=b.weights)
             sync()
+            end = time.perf_counter()
+            sampling.sample_replacements(logits, temperature=2.0, seed=0, sample_ids=b.sample_ids,
+                                         weights=b.weights, compiled=True)
+            sync()
             if i:
                 forward_s.append(middle - start)
-                sampling_s.append(time.perf_counter() - middle)
+                sampling_s.append(end - middle)
+                compiled_s.append(time.perf_counter() - end)
     return {"forward_s": statistics.median(forward_s),
-            "sampling_s": statistics.median(sampling_s)}
+            "sampling_s": statistics.median(sampling_s),
+            "sampling_compiled_s": statistics.median(compiled_s)}
 
 
 # --------------------------------------------------------------------------------------------

@@ -470,6 +470,8 @@ def time_section(rows: Rows, measured: Measured, spec: Spec) -> tuple[dict[str, 
         "electra_peer_ratio": f"; electra/peer = {peer}" if peer else "",
         "forward_ms": f"{1000 * ratios['forward_s']:,.1f}",
         "sampling_ms": f"{1000 * ratios['sampling_s']:,.1f}",
+        "sampling_compiled_ms": f"{1000 * ratios['sampling_compiled_s']:,.1f}",
+        "sampling_compiled_ratio": f"{ratios['sampling_compiled_s'] / ratios['forward_s']:.2f}",
         "slots": f"{spec.batch * num_predictions(spec.seq_len, mask_prob):,}",
     }, ratios
 

@@ -50,6 +50,7 @@ class FrozenGenerator:
         self.source = source
         self.runtime = runtime  # what runs it, for logs: e.g. "torch cpu float32"
         self.fused = fused  # sample with the fused Triton kernel (config kernels)
+        self.compiled = False  # encoder and eager sampler through torch.compile (`compile`)
 
     @classmethod
     def load(cls, path_or_hub_id: str, *, vocab_size: int,
@@ -106,10 +107,12 @@ class FrozenGenerator:
         return cls(model, device=device, source=source, runtime=runtime, fused=fused)
 
     def compile(self) -> None:
-        """torch.compile the encoder in place (config train.compile). The head stays eager: it
-        runs at the K selected positions only, or inside the fused sampler."""
+        """torch.compile the encoder in place, and the eager sampler (config train.compile). The
+        head stays eager: it runs at the K selected positions only, or inside the fused
+        sampler."""
         head = mlm_head(self.hf_model)
         (head.encoder if head is not None else self.hf_model).compile()
+        self.compiled = True
 
     @property
     def vocab_size(self) -> int:
@@ -135,7 +138,8 @@ class FrozenGenerator:
                 seed: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """`corrupt` (below) with this generator, on its device."""
         return corrupt(self.model, batch.to(self.device, non_blocking=True),
-                       temperature=temperature, seed=seed, fused=self.fused)
+                       temperature=temperature, seed=seed, fused=self.fused,
+                       compiled=self.compiled)
 
 
 def load_masked_lm(path_or_hub_id: str, *, vocab_size: int, special_ids: Mapping[str, int | None],

@@ -15,6 +15,8 @@ keys returned here are sums and counts; training.metrics turns them into rates.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from fast_electra_kernels import counter_rng
 from torch import nn
@@ -31,8 +33,8 @@ _SAMPLE_CHUNK_ELEMENTS_CPU = 1 << 18
 
 @torch.no_grad()
 def sample_replacements(logits: torch.Tensor, *, temperature: float, seed: int,
-                        sample_ids: torch.Tensor,
-                        weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+                        sample_ids: torch.Tensor, weights: torch.Tensor | None = None,
+                        compiled: bool = False) -> tuple[torch.Tensor, dict]:
     """Draw one token per slot from softmax(logits / T), reproducibly.
 
     logits: [B, K, V] (any float dtype; the arithmetic is fp32). sample_ids: [B] global sample
@@ -42,6 +44,12 @@ def sample_replacements(logits: torch.Tensor, *, temperature: float, seed: int,
 
     Returns sampled [B, K] int64 and stats {"gen_entropy_sum": sum over used slots of the
     entropy (nats) of softmax(logits / T)}, a float64 scalar tensor.
+
+    compiled: run `_draw` through torch.compile (config train.compile). Eager, each step of the
+    hash is a pass over [rows, V] in memory, most of the sampler's time on a CPU; compiled, the
+    hash, the noise, the argmax and the entropy are one loop. The same integer hash and the same
+    float operations in the same order: the same tokens (tests/test_compile.py); the entropy
+    agrees to float32 rounding.
     """
     assert temperature > 0, temperature
     b, k, v = logits.shape
@@ -49,19 +57,35 @@ def sample_replacements(logits: torch.Tensor, *, temperature: float, seed: int,
     flat = logits.reshape(b * k, v)  # [N, V]
     sampled = torch.empty(b * k, dtype=torch.int64, device=logits.device)  # [N]
     entropy = torch.empty(b * k, dtype=torch.float32, device=logits.device)  # [N]
-    # on CPU, chunks small enough that the in-place noise passes stay in cache
-    chunk_elements = _SAMPLE_CHUNK_ELEMENTS if logits.is_cuda else _SAMPLE_CHUNK_ELEMENTS_CPU
-    chunk = max(1, chunk_elements // v)
+    # eager on CPU: chunks small enough that the in-place noise passes stay in cache (compiled,
+    # there are no [n, V] temporaries to keep in cache)
+    small = not (logits.is_cuda or compiled)
+    chunk = max(1, (_SAMPLE_CHUNK_ELEMENTS_CPU if small else _SAMPLE_CHUNK_ELEMENTS) // v)
+    draw = _compiled_draw() if compiled else _draw
+    keys = counter_rng.row_keys(seed, rows)  # [N]
+    cols = torch.arange(v, dtype=torch.int64, device=logits.device)  # [V]
     for start in range(0, b * k, chunk):
         end = min(start + chunk, b * k)
         z = flat[start:end].float() / temperature  # [n, V]
-        # Gumbel-max: argmax(z + g) with g ~ Gumbel(0, 1) iid is an exact draw from softmax(z)
-        sampled[start:end] = (z + counter_rng.gumbel_noise(seed, rows[start:end], v)).argmax(-1)
-        entropy[start:end] = torch.special.entr(torch.softmax(z, dim=-1)).sum(-1)
+        sampled[start:end], entropy[start:end] = draw(z, keys[start:end], cols)
     sampled = sampled.view(b, k)
     used = torch.ones(b, k, device=logits.device) if weights is None else (weights > 0).float()
     stats = {"gen_entropy_sum": (entropy.view(b, k) * used).sum().double()}
     return sampled, stats
+
+
+def _draw(z: torch.Tensor, keys: torch.Tensor, cols: torch.Tensor
+          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gumbel-max draws and entropies of softmax(z) for z [n, V] fp32, row keys [n] and column
+    ids [V]: argmax(z + g) with g ~ Gumbel(0, 1) iid is an exact draw from softmax(z)."""
+    noise = counter_rng.gumbel_from_uniform(counter_rng.uniform_from_keys(keys, cols))  # [n, V]
+    return (z + noise).argmax(-1), torch.special.entr(torch.softmax(z, dim=-1)).sum(-1)
+
+
+@functools.cache
+def _compiled_draw():
+    # dynamic: the last chunk, and batches of another size, reuse the one compiled loop
+    return torch.compile(_draw, dynamic=True)
 
 
 def replace_at_positions(input_ids: torch.Tensor, positions: torch.Tensor, weights: torch.Tensor,
@@ -96,7 +120,8 @@ def mlm_counts(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor
 @torch.no_grad()
 def corrupt_from_logits(logits: torch.Tensor, *, input_ids: torch.Tensor,
                         positions: torch.Tensor, weights: torch.Tensor, sample_ids: torch.Tensor,
-                        temperature: float, seed: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+                        temperature: float, seed: int, compiled: bool = False
+                        ) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Generator logits [B, K, V] -> (corrupted_ids [B, L], rtd_labels [B, L], metrics).
 
     No gradient flows through sampling (ELECTRA). metrics: gen_entropy_sum (entropy at T over used
@@ -104,7 +129,8 @@ def corrupt_from_logits(logits: torch.Tensor, *, input_ids: torch.Tensor,
     positions are distinct, this is rtd_labels.sum()).
     """
     sampled, stats = sample_replacements(logits, temperature=temperature, seed=seed,
-                                         sample_ids=sample_ids, weights=weights)
+                                         sample_ids=sample_ids, weights=weights,
+                                         compiled=compiled)
     corrupted, rtd_labels = replace_at_positions(input_ids, positions, weights, sampled)
     metrics = {**stats, "gen_num_replaced": rtd_labels.sum().double()}
     return corrupted, rtd_labels, metrics
@@ -119,16 +145,18 @@ def noise_rows(sample_ids: torch.Tensor, num_slots: int) -> torch.Tensor:
 
 @torch.no_grad()  # not inference_mode: the outputs feed the discriminator's backward pass
 def corrupt(model: nn.Module, batch: MaskedBatch, *, temperature: float, seed: int,
-            fused: bool = False) -> tuple[torch.Tensor, torch.Tensor, dict]:
+            fused: bool = False, compiled: bool = False
+            ) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Run a masked LM on `batch` and build the discriminator's input from its samples.
 
     Returns corrupted_ids [B, L] int64, rtd_labels [B, L] float32 and metrics (float64 scalar
     tensors, sums and counts): num_slots, mlm_correct (argmax at a used slot is the original
     token), gen_entropy_sum (at T), gen_num_replaced. `model` and `batch` on the same device.
 
-    fused: sample with the fused Triton kernel (fused.sample) instead of building [B, K, V]
-    logits; needs an architecture with a masked-only head (`mlm_head`) and parameters that are
-    not ZeRO-3 partitioned (`output_projection`), as a frozen generator's are.
+    fused: sample with the fused Triton kernel (kernel_switch.sample) instead of building
+    [B, K, V] logits; needs an architecture with a masked-only head (`mlm_head`) and parameters
+    that are not ZeRO-3 partitioned (`output_projection`), as a frozen generator's are.
+    compiled: the eager sampler through torch.compile (sample_replacements).
     """
     if fused:
         return _corrupt_fused(model, batch, temperature=temperature, seed=seed)
@@ -136,7 +164,7 @@ def corrupt(model: nn.Module, batch: MaskedBatch, *, temperature: float, seed: i
                            batch.token_type_ids)  # [B, K, V]
     corrupted, rtd_labels, metrics = corrupt_from_logits(
         logits, input_ids=batch.input_ids, positions=batch.positions, weights=batch.weights,
-        sample_ids=batch.sample_ids, temperature=temperature, seed=seed)
+        sample_ids=batch.sample_ids, temperature=temperature, seed=seed, compiled=compiled)
     return corrupted, rtd_labels, {**mlm_counts(logits, batch.labels, batch.weights), **metrics}
 
 

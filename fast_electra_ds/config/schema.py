@@ -178,10 +178,10 @@ class TrainConfig:
     dist_timeout_minutes: float = 30.0
     """Timeout of collective operations (the process group), after which a hung rank fails."""
     compile: bool = False
-    """torch.compile (inductor) the module the engine trains (DeepSpeed's engine.compile) and the
-    frozen generator's encoder. The first steps pay the compilation; shapes are static (fixed
-    seq_len and micro-batch), so training compiles once; evaluation batches of another size
-    compile once more."""
+    """torch.compile (inductor) the module the engine trains (DeepSpeed's engine.compile), the
+    frozen generator's encoder and the eager sampler (the same tokens, one fused loop). The first
+    steps pay the compilation; shapes are static (fixed seq_len and micro-batch), so training
+    compiles once; evaluation batches of another size compile once more."""
 
 
 @dataclass

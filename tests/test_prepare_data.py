@@ -120,9 +120,15 @@ def test_megatron_reads_the_files_and_agrees(tiny_dataset):
 
 def test_parallel_tokenization_writes_identical_files(tmp_path, tiny_corpus, tiny_tokenizer,
                                                       tiny_dataset):
+    # In a fresh process, as prepare-data runs: its workers are forked, and this long-lived test
+    # process holds threads (wandb's, torch.compile's worker pool) whose locks a fork can copy
+    # held - a worker of this process once hung that way in the full suite.
     out = tmp_path / "parallel"
-    prepare_data([str(tiny_corpus)], tokenizer=str(tiny_tokenizer), seq_len=TINY_SEQ_LEN,
-                 output=str(out), valid_fraction=TINY_VALID_FRACTION, num_proc=2)
+    code = ("from fast_electra_ds.data.prepare import prepare_data; "
+            f"prepare_data([{str(tiny_corpus)!r}], tokenizer={str(tiny_tokenizer)!r}, "
+            f"seq_len={TINY_SEQ_LEN}, output={str(out)!r}, "
+            f"valid_fraction={TINY_VALID_FRACTION}, num_proc=2)")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=600)
     for name in ("train.bin", "train.idx", "valid.bin", "valid.idx"):
         assert (out / name).read_bytes() == (tiny_dataset / name).read_bytes(), name
 

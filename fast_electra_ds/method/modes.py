@@ -19,6 +19,7 @@ micro-batch: `engine_inputs` (outside the engine, no gradient) and the engine's 
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,8 +46,9 @@ class EvalTargets:
     own_generator: nn.Module | None  # eval.judge=self: the judge, as it is at each evaluation
 
 
-class Mode:
-    """One training mode (module doc). Subclasses set the class attributes and `build`."""
+class Mode(ABC):
+    """One training mode (module doc). A subclass sets the class attributes and the four
+    abstract methods."""
 
     name: ClassVar[str]
     samples: ClassVar[bool] = True  # draws replacements: has a temperature, uses the kernels
@@ -81,9 +83,9 @@ class Mode:
 
     # ---- building ----------------------------------------------------------------------------
 
+    @abstractmethod
     def build(self) -> nn.Module:
         """The module the engine trains; anything outside the engine is loaded here too."""
-        raise NotImplementedError
 
     def _discriminator(self) -> nn.Module:
         return build_discriminator(self.cfg.model, vocab_size=self.vocab_size,
@@ -102,8 +104,9 @@ class Mode:
         learning curves' FLOPs axis."""
         return self.cfg.train.global_batch_size * self._sequence_flops()
 
+    @abstractmethod
     def _sequence_flops(self) -> int:
-        raise NotImplementedError
+        """FLOPs of one sequence's training step (flops.py's accounting)."""
 
     def _generator_flops(self) -> int:
         seq_len = self.cfg.data.seq_len
@@ -121,10 +124,10 @@ class Mode:
         """The sampling temperature of optimizer step `step` (0-based)."""
         return temperature(self.cfg.temperature, step, total_steps)
 
+    @abstractmethod
     def engine_inputs(self, batch: MaskedBatch, temp: float
                       ) -> tuple[dict, dict[str, torch.Tensor]]:
         """(keyword arguments of the engine's forward, metric sums computed outside it)."""
-        raise NotImplementedError
 
     def forward(self, engine, batch: MaskedBatch, temp: float) -> dict[str, torch.Tensor]:
         """One micro-batch through the engine: {"loss": scalar with graph, **metric sums}."""
@@ -144,8 +147,9 @@ class Mode:
         path = resolve_path(judge).expanduser()
         return str(path.resolve()) if path.is_dir() else judge
 
+    @abstractmethod
     def eval_targets(self, module: nn.Module) -> EvalTargets:
-        raise NotImplementedError
+        """What the held-out evaluation scores of `module` (the engine's)."""
 
 
 class FastElectra(Mode):

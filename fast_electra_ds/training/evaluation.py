@@ -36,7 +36,6 @@ from torch import nn
 
 from fast_electra_ds.data.loader import DataInfo, MaskingCollate, packed_sequences
 from fast_electra_ds.data.masking import MaskedBatch, Masker
-from fast_electra_ds.config import SELF_JUDGE
 from fast_electra_ds.errors import UserError
 from fast_electra_ds.method import frozen_generator, mlm_head, sampling
 from fast_electra_ds.method.modes import EvalTargets
@@ -45,7 +44,6 @@ from fast_electra_ds.metrics import binary_auc, gather_1d, reduce_metrics
 
 JUDGE_TEMPERATURE = 1.0  # the judge's own distribution: the hardest test it can set
 JUDGE_SEED_OFFSET = 7919  # the judge's sampling noise is apart from the masks' (same eval seed)
-SELF = SELF_JUDGE  # eval.judge: mode=electra's own generator, re-sampled at every evaluation
 EVAL_SET_FILE = "eval_set.json"
 
 
@@ -54,7 +52,7 @@ class EvalSpec:
     """Everything that decides the evaluation set's tokens."""
 
     judge: str  # the judge as named (folder or hub id), or "self"; for people, not in `key`
-    judge_fingerprint: str  # digest of the judge's weights; "self:<run_dir>" for SELF
+    judge_fingerprint: str  # digest of the judge's weights; "self:<run_dir>" for judge=self
     data: tuple[str, ...]  # digest of each dataset's valid split (.bin and .idx)
     weights: tuple[float, ...]  # blend weights (empty: proportional to size)
     seed: int
@@ -86,7 +84,7 @@ class EvalSet:
     batch: MaskedBatch  # [S, L] / [S, K]: the masked sequences (labels, slots, sample ids)
     keep: torch.Tensor  # [S] bool: False on rows that only pad the shard to S (never counted)
     maskable: torch.Tensor  # [S, L] bool: real tokens other than [CLS]/[SEP]/...: replaceable
-    corrupted_ids: torch.Tensor | None  # [S, L] int64 with the judge's samples (None for SELF)
+    corrupted_ids: torch.Tensor | None  # [S, L] int64 with the judge's samples (None: judge=self)
     rtd_labels: torch.Tensor | None  # [S, L] float32, 1 where the judge's sample differs
     judge_stats: dict[str, float]  # over the whole set: the judge's MLM accuracy, entropy, ...
 

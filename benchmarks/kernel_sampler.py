@@ -5,12 +5,12 @@
 
 Methods, all computing (tokens, lse, E[z]) for M rows of h [M, H] against W [V, H], b [V]:
   fused      fast_electra_kernels sampler (Triton; on CPU the interpreter runs it)
-  eager      sample_reference: materializes z [M, V] fp32 and the Gumbel noise (and the integer
-             hash's [M, V] int64 temporaries)
+  eager      sample_reference: materializes the logits and z [M, V] fp32, and the exponentials
+             of the two-level draw (sampler.gumbel_max)
   compiled   torch.compile(sample_reference) (CUDA only)
 
 "Extra memory" is what a call allocates beyond its inputs, outputs included.
-  analytic  eager: the [M, V] fp32 logits + [M, V] fp32 noise, a lower bound of what it allocates;
+  analytic  eager: the [M, V] fp32 logits + [M, V] fp32 z, a lower bound of what it allocates;
             fused: its partials ([4, S, M] fp32 + [S, M] int32), its outputs (tokens int64,
             lse and E fp32, [M] each) and the merge's temporaries (at most 3 [S, M] fp32 + 4 [M])
   CUDA      torch.cuda.max_memory_allocated() during the call minus memory_allocated() before it
@@ -113,8 +113,8 @@ def run_cpu(args) -> str:
         f"fused / eager = {results['fused']['extra_bytes'] / results['eager']['extra_bytes']:.4f}"
         f"; tokens equal on {agree} / {args.M} rows",
         f"(analytic at this shape: eager >= {_mib(analytic['eager'])}, fused "
-        f"{_mib(analytic['fused'])}; the eager path also holds the hash's [M, V] int64 "
-        "temporaries, the interpreter its per-tile numpy arrays)",
+        f"{_mib(analytic['fused'])}; the eager path also holds the draw's [M, V] exponentials, "
+        "the interpreter its per-tile numpy arrays)",
     ]
     return "\n".join(lines)
 
@@ -213,7 +213,7 @@ def main() -> None:
         "",
         "| path | extra bytes |",
         "|---|---|",
-        f"| eager: [M, V] fp32 logits + noise | {_mib(analytic['eager'])} |",
+        f"| eager: [M, V] fp32 logits + z | {_mib(analytic['eager'])} |",
         f"| fused: partials + outputs + merge temporaries | {_mib(analytic['fused'])} |",
         "",
         f"fused / eager = {ratio:.2e} (target <= {TARGET_RATIO:.2f}: "

@@ -5,9 +5,10 @@ objectives) must compute what the torch references compute. Without a GPU the ke
 under TRITON_INTERPRET=1, in a child process (tests/helpers/kernel_testing.py); everything is fp32.
 
 Tolerances:
-  corruption   identical corrupted ids, RTD labels and counts, on inputs whose two largest
-               perturbed logits (the draw) and two largest logits (the argmax) differ by more
-               than GAP (asserted: a near-tie could be reordered by the kernel's summation order);
+  corruption   identical corrupted ids, RTD labels and counts, on inputs whose draws are
+               decided by more than GAP (helpers.kernel_testing.draw_margin) and whose two
+               largest logits (the argmax) differ by more than GAP (asserted: a near-tie could
+               be reordered by the kernel's summation order);
                entropy sum rtol 1e-5 (an fp32 reduction in both paths)
   objectives   loss rtol 1e-5 / atol 1e-6, parameter gradients rtol 1e-5 / atol 1e-7: the RTD
                kernel's own fp32 tolerances, which hold after its dx is carried back through the
@@ -26,7 +27,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from fast_electra_kernels import counter_rng
 from helpers import tiny
 from transformers import ElectraConfig, ElectraForMaskedLM
 
@@ -42,7 +42,7 @@ from fast_electra_ds.method.objectives import ElectraObjective, FastElectraObjec
 pytest.importorskip("triton")
 from fast_electra_kernels._dispatch import interpreting  # noqa: E402
 from helpers.kernel_testing import (  # noqa: E402, F401 (a test pytest collects here)
-    KERNEL_DEVICE as DEVICE, kernel_test, test_kernels_in_interpreter_process)
+    KERNEL_DEVICE as DEVICE, draw_margin, kernel_test, test_kernels_in_interpreter_process)
 
 GAP = 1e-5
 VOCAB = 300  # several of the sampler's 128-column tiles, the last partial
@@ -64,10 +64,9 @@ def assert_no_near_ties(model, batch: MaskedBatch, temperature: float, seed: int
                                     batch.positions).float()  # [B, K, V]
     b, k, v = logits.shape
     z = logits.reshape(b * k, v) / temperature
-    perturbed = z + counter_rng.gumbel_noise(seed, sampling.noise_rows(batch.sample_ids, k), v)
-    for scores in (perturbed, logits.reshape(b * k, v)):
-        top2 = scores.topk(2, dim=-1).values
-        assert (top2[:, 0] - top2[:, 1]).min() > GAP
+    assert draw_margin(z, seed, sampling.noise_rows(batch.sample_ids, k)).min() > GAP
+    top2 = logits.reshape(b * k, v).topk(2, dim=-1).values
+    assert (top2[:, 0] - top2[:, 1]).min() > GAP
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,18 +16,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fast_electra_kernels import counter_rng
+from fast_electra_kernels import counter_rng, sampler
 
 pytest.importorskip("triton")
 from fast_electra_kernels import sampler_triton  # noqa: E402
 from fast_electra_kernels._dispatch import use_triton_for  # noqa: E402
 from fast_electra_kernels.sampler import SampleOutput, fused_sample, sample_reference  # noqa: E402
 from helpers.kernel_testing import (  # noqa: E402, F401 (a test pytest collects here)
-    KERNEL_DEVICE as DEVICE, kernel_test, test_kernels_in_interpreter_process)
+    KERNEL_DEVICE as DEVICE, draw_margin, kernel_test, test_kernels_in_interpreter_process)
 
 RTOL = ATOL = 1e-5
 GAP = 1e-3
-M, V, H = 50, 300, 80  # blocks: 64 rows, 128 columns, 32 / 64 along H
+M, V, H = 50, 300, 80  # blocks: 64 rows, 128 columns (2 groups), 32 / 64 along H
 
 
 def make_inputs(dtype, *, m=M, v=V, h=H, bias=True, seed=0, device=DEVICE):
@@ -48,9 +48,9 @@ def separated(scores):
 
 
 def separated_rows(h, W, b, temperature, seed, rows):
-    """[M] bool: rows whose top two perturbed logits (reference) differ by more than GAP."""
+    """[M] bool: rows whose draw (reference) is decided by more than GAP (draw_margin)."""
     z = (h.float() @ W.float().T + (0 if b is None else b.float())) / temperature
-    return separated(z + counter_rng.gumbel_noise(seed, rows, W.shape[0]))
+    return draw_margin(z, seed, rows) > GAP
 
 
 def assert_matches_reference(out, h, W, b, temperature, seed, rows):
@@ -94,10 +94,11 @@ def test_matches_reference(dtype, bias, temperature):
 @kernel_test
 @pytest.mark.parametrize("num_splits", [1, 3, 10])
 def test_small_tiles_and_vocabulary_splits(num_splits):
-    # 16 x 32 tiles over H in steps of 16: 4 row blocks, 10 vocabulary tiles, 5 steps along H
+    # 16 x 64 tiles (one group each) over H in steps of 16: 4 row blocks, 5 vocabulary tiles, 5
+    # steps along H
     h, W, b, rows = make_inputs(torch.float32, seed=1)
     out = SampleOutput(*sampler_triton.sample(
-        h, W, b, 1.3, 5, rows, block_m=16, block_v=32, block_k=16, num_splits=num_splits))
+        h, W, b, 1.3, 5, rows, block_m=16, block_v=64, block_k=16, num_splits=num_splits))
     assert_matches_reference(out, h, W, b, 1.3, 5, rows)
 
 
@@ -111,14 +112,14 @@ def test_argmax_takes_the_first_maximal_column_across_tiles_and_splits(num_split
     h = torch.randint(-1, 2, (M, hdim), generator=g).float()
     W = torch.randint(-1, 2, (V, hdim), generator=g).float()
     b = torch.zeros(V)
-    # row 0: its largest possible logit sum|h_0| at columns 5 and 70 (32-column tiles 0 and 2;
+    # row 0: its largest possible logit sum|h_0| at columns 5 and 130 (64-column tiles 0 and 2;
     # different splits when num_splits=3) must give 5; row 1: only at column 299, in the last,
     # partial tile
-    W[5] = W[70] = h[0].sign()
+    W[5] = W[130] = h[0].sign()
     W[299] = 2 * h[1].sign()
     rows = torch.arange(M)
     h, W, b, rows = (t.to(DEVICE) for t in (h, W, b, rows))
-    out = SampleOutput(*sampler_triton.sample(h, W, b, 1.0, 0, rows, block_m=16, block_v=32,
+    out = SampleOutput(*sampler_triton.sample(h, W, b, 1.0, 0, rows, block_m=16, block_v=64,
                                               block_k=16, num_splits=num_splits))
     logits = h @ W.T
     assert out.argmax[:2].tolist() == [5, 299]
@@ -142,11 +143,12 @@ def test_draw_is_a_function_of_seed_and_row_id():
 
 
 @kernel_test
-@pytest.mark.parametrize("temperature", [1.0, 1.5, 3.0])
-def test_draws_follow_softmax(temperature):
-    """Chi-square goodness of fit of 6000 draws (same h, distinct row ids) to softmax(z / T)."""
+@pytest.mark.parametrize("temperature,v", [(1.0, 23), (1.5, 23), (3.0, 23), (1.0, 200)])
+def test_draws_follow_softmax(temperature, v):
+    """Chi-square goodness of fit of 6000 draws (same h, distinct row ids) to softmax(z / T); V
+    = 23 is one group of the two-level draw, V = 200 four (the last partial) in two tiles."""
     stats = pytest.importorskip("scipy.stats")
-    num_draws, v, hdim = 6000, 23, 16
+    num_draws, hdim = 6000, 16
     h, W, b, _ = make_inputs(torch.float32, m=1, v=v, h=hdim, seed=3)
     h = h.expand(num_draws, hdim)
     rows = torch.arange(num_draws, device=DEVICE) + 10**9
@@ -178,15 +180,19 @@ BAD_SEED, BAD_ROW, BAD_COL = 1234, 1086, 2158
 
 @kernel_test
 def test_the_known_bad_slot_samples_from_the_logits():
-    # column BAD_COL 1000 nats below the others; several rows, the bad one among them
+    # only BAD_COL's group can be drawn, and inside it BAD_COL is 1000 nats below the others:
+    # its noise is the one that decides; several rows, the bad one among them
     v, hdim = 4096, 8
     h = torch.zeros(4, hdim, device=DEVICE)
     W = torch.zeros(v, hdim, device=DEVICE)
-    b = torch.zeros(v, device=DEVICE)
+    b = torch.full((v,), -1000.0, device=DEVICE)
+    group = BAD_COL // sampler.GROUP * sampler.GROUP
+    b[group:group + sampler.GROUP] = 0.0
     b[BAD_COL] = -1000.0
     rows = torch.tensor([0, BAD_ROW, 7, BAD_ROW], device=DEVICE)
     out = fused_sample(h, W, b, temperature=1.0, seed=BAD_SEED, rows=rows, use_triton=True)
     assert (out.tokens != BAD_COL).all()
+    assert ((out.tokens >= group) & (out.tokens < group + sampler.GROUP)).all()
     ref = sample_reference(h, W, b, 1.0, BAD_SEED, rows)
     assert torch.equal(out.tokens, ref.tokens)
 
@@ -195,8 +201,9 @@ def test_the_known_bad_slot_samples_from_the_logits():
 @pytest.mark.parametrize("case", ["favour-last-tile", "all-equal", "very-negative"])
 def test_padded_columns_never_win(case):
     """V = 2100 is not a multiple of the 128-column tile: columns 2100..2175 of the last tile are
-    padding, and BAD_COL lies among them, so row BAD_ROW's padded noise is the largest there is.
-    Every id must be a real column, and the draws the reference's."""
+    padding (a group partly, the next wholly), and BAD_COL lies among them, so row BAD_ROW's
+    padded noise is the largest there is. Every id must be a real column, and the draws the
+    reference's."""
     v, hdim = 2100, 8
     rows = torch.tensor([BAD_ROW, 0, BAD_ROW, 5, 99, BAD_ROW], device=DEVICE)
     h = torch.zeros(len(rows), hdim, device=DEVICE)

@@ -9,7 +9,7 @@ code samples that column whatever the logits say.
 from __future__ import annotations
 
 import torch
-from fast_electra_kernels import counter_rng
+from fast_electra_kernels import counter_rng, sampler
 
 from fast_electra_ds.method import sampling
 
@@ -70,9 +70,12 @@ def test_the_known_bad_slot_has_finite_noise():
 
 
 def test_the_known_bad_slot_samples_from_the_logits():
-    # column BAD_COL is 1000 nats less likely than the rest: its noise must not make it win
-    logits = torch.zeros(1, 1, 4096)
+    # only BAD_COL's group of the two-level draw can win, and inside it column BAD_COL is 1000
+    # nats less likely than the rest: its noise must not make it win
+    logits = torch.full((1, 1, 4096), -1000.0)
+    group = BAD_COL // sampler.GROUP * sampler.GROUP
+    logits[0, 0, group:group + sampler.GROUP] = 0.0
     logits[0, 0, BAD_COL] = -1000.0
     sampled, _ = sampling.sample_replacements(logits, temperature=1.0, seed=BAD_SEED,
                                                sample_ids=torch.tensor([BAD_ROW]))
-    assert sampled.item() != BAD_COL
+    assert group <= sampled.item() < group + sampler.GROUP and sampled.item() != BAD_COL

@@ -75,9 +75,20 @@ def gumbel_from_uniform(u: torch.Tensor) -> torch.Tensor:
 
 def uniform_from_keys(keys: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """[N, V] float32 uniforms in (0, 1) for row keys [N] (int32, from row_keys) and column ids
-    [V] (int64)."""
-    x = keys[:, None] ^ to_bits((cols * COL_MUL) & M32)[None, :]
+    (int64): [V], the same for every row, or [N, V], each row its own."""
+    words = to_bits((cols * COL_MUL) & M32)
+    x = keys[:, None] ^ (words[None, :] if words.dim() == 1 else words)
     return uniform_from_bits(mix32(mix32(x)))
+
+
+# The two-level sampler (sampler.gumbel_max) draws a group of columns with noise of its own: keyed
+# by a second hash of the row key, so it is independent of the columns' noise at the same ids.
+GROUP_SALT = 0x1B873593
+
+
+def group_keys(keys: torch.Tensor) -> torch.Tensor:
+    """[N] int32 keys of the group-level noise, from row keys [N] (row_keys)."""
+    return mix32(keys ^ GROUP_SALT)
 
 
 def gumbel_noise(seed: int, rows: torch.Tensor, num_cols: int) -> torch.Tensor:

@@ -7,7 +7,8 @@ Shapes (one launch):
   b        [V]      decoder bias (any float dtype) or absent
   rows     [M]      int64 global row ids: the RNG counter of each row (counter_rng.py)
   partials [S, M]   per vocabulary split s: running max, sum of exp, sum of exp * z,
-                    best score z + g and its column, largest logit and its column
+                    best group score (sampler.gumbel_max) and the column drawn in that
+                    group, largest logit and its column
                     (S = number of splits, usually 1)
   out      [M]      int64 token, fp32 lse = logsumexp(z), fp32 E_p[z], int64 argmax of the
                     logits, with logits = h W^T + b and z = logits / T
@@ -15,8 +16,10 @@ Shapes (one launch):
 Grid (cdiv(M, BLOCK_M), S): a program streams its row block over its share of the vocabulary in
 BLOCK_V tiles; each tile's logits are a [BLOCK_M, BLOCK_V] fp32 accumulator built in BLOCK_K
 steps over H. [M, V] never exists in memory: per row it keeps an online logsumexp (running max,
-running sum of exp, running sum of exp * z), an online Gumbel-max (running best z + g) and an
-online argmax of the logits (running largest logit, for the generator's accuracy). With S > 1
+running sum of exp, running sum of exp * z, merged from per-group sums), an online two-level
+Gumbel-max (the best group score so far and the column drawn in that group; a tile holds
+BLOCK_V / GROUP whole groups) and an online argmax of the logits (running largest logit, for the
+generator's accuracy). With S > 1
 the splits' partials are merged by `merge_partials` (a few [S, M] torch ops).
 
 The Gumbel noise re-implements counter_rng.py on uint32: products wrap modulo 2**32, which is the
@@ -31,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fast_electra_kernels import counter_rng
+from fast_electra_kernels import counter_rng, sampler
 
 MIX_MUL = tl.constexpr(counter_rng.MIX_MUL)
 COL_MUL = tl.constexpr(counter_rng.COL_MUL)
@@ -39,6 +42,8 @@ COL_MUL = tl.constexpr(counter_rng.COL_MUL)
 UNIFORM_SHIFT = tl.constexpr(32 - counter_rng.UNIFORM_BITS)
 UNIFORM_SCALE = tl.constexpr(2.0 ** -counter_rng.UNIFORM_BITS)
 MIN_NEG_LOG_U = tl.constexpr(counter_rng.MIN_NEG_LOG_U)
+GROUP_SALT = tl.constexpr(counter_rng.GROUP_SALT)
+GROUP = tl.constexpr(sampler.GROUP)  # columns per group of the two-level draw
 
 
 @triton.jit
@@ -98,12 +103,14 @@ def _fused_sample_kernel(
     M, V, H, stride_hm, stride_wv, temperature, seed_word, tiles_per_split,
     HAS_BIAS: tl.constexpr, DOT_IN_FP32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUPS_PER_TILE: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     split = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_mask = offs_m < M
     keys = _row_keys(seed_word, tl.load(rows_ptr + offs_m, mask=m_mask, other=0))
+    gkeys = _mix32(keys ^ GROUP_SALT)  # counter_rng.group_keys
 
     run_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
     run_sum = tl.zeros([BLOCK_M], tl.float32)  # sum exp(z - run_max)
@@ -144,22 +151,43 @@ def _fused_sample_kernel(
         z_finite = acc / temperature  # padded columns hold 0 here (zero-filled loads)
         z = tl.where(v_mask[None, :], z_finite, float("-inf"))
 
-        # max_v z_v = (max_v logits_v) / T exactly: rounded division by T > 0 is monotonic, so
-        # the logits' tile maximum saves a second reduction
-        new_max = tl.maximum(run_max, tile_high / temperature)
+        # The tile's groups of GROUP columns (sampler.gumbel_max): each group's max, sum of
+        # exp(z - max) and sum of exp(z - max) * z. A group of padded columns only (in the
+        # last tile) has max -inf; 0 stands in for it so that exp gives 0, not nan.
+        z3 = tl.reshape(z, [BLOCK_M, GROUPS_PER_TILE, GROUP])
+        group_max = tl.max(z3, axis=2)  # [BLOCK_M, GROUPS_PER_TILE]
+        group_real = group_max > float("-inf")
+        group_max = tl.where(group_real, group_max, 0.0)
+        e = tl.exp(z3 - group_max[:, :, None])  # 0 in padded columns
+        group_sum = tl.sum(e, axis=2)
+        # e * z_finite, not e * z: padded columns give 0 * 0, not 0 * -inf = nan
+        group_dot = tl.sum(e * tl.reshape(z_finite, [BLOCK_M, GROUPS_PER_TILE, GROUP]), axis=2)
+
+        # the online logsumexp and E_p[z] over the row, merged from the groups as the reference
+        # merges them
+        tile_max = tl.max(tl.where(group_real, group_max, float("-inf")), axis=1)
+        new_max = tl.maximum(run_max, tile_max)
         alpha = tl.exp(run_max - new_max)  # 0 on the first tile (run_max = -inf)
-        p = tl.exp(z - new_max[:, None])  # 0 in padded columns
-        run_sum = run_sum * alpha + tl.sum(p, axis=1)
-        # p * z_finite, not p * z: padded columns give 0 * 0, not 0 * -inf = nan
-        run_dot = run_dot * alpha + tl.sum(p * z_finite, axis=1)
+        scale = tl.exp(tl.where(group_real, group_max - new_max[:, None], float("-inf")))
+        run_sum = run_sum * alpha + tl.sum(group_sum * scale, axis=1)
+        run_dot = run_dot * alpha + tl.sum(group_dot * scale, axis=1)
         run_max = new_max
 
-        # padded columns stay out of the draw explicitly: their z is -inf, and -inf plus noise
-        # must never be what an argmax looks at (with infinite noise it was NaN)
+        # level 1: each group's score, its logsumexp plus the group's own noise
+        group_ids = v0 // GROUP + tl.arange(0, GROUPS_PER_TILE)
+        group_lse = group_max + tl.log(tl.where(group_real, group_sum, 1.0))
+        group_score = tl.where(group_real, group_lse + _gumbel(_uniforms(gkeys, group_ids)),
+                               float("-inf"))
+        # level 2, in every group (the reference does it in the winning group only: the same
+        # noise, so the same column): the argmax of z plus the column's noise. Padded columns
+        # stay out explicitly: -inf plus noise must never be what an argmax looks at.
         score = tl.where(v_mask[None, :], z + _gumbel(_uniforms(keys, offs_v)), float("-inf"))
-        tile_best = tl.max(score, axis=1)
-        tile_idx = v0 + tl.argmax(score, axis=1)
-        # strict: on an exact tie the earlier (lower) column stays, as torch.argmax picks
+        column = tl.argmax(tl.reshape(score, [BLOCK_M, GROUPS_PER_TILE, GROUP]), axis=2)
+        tile_best = tl.max(group_score, axis=1)
+        tile_group = tl.argmax(group_score, axis=1)  # [BLOCK_M], the first on a tie
+        chosen = tl.arange(0, GROUPS_PER_TILE)[None, :] == tile_group[:, None]
+        tile_idx = v0 + tile_group * GROUP + tl.sum(tl.where(chosen, column, 0), axis=1)
+        # strict: on an exact tie the earlier (lower) group stays, as torch.argmax picks
         better = tile_best > best
         best = tl.where(better, tile_best, best)
         best_idx = tl.where(better, tile_idx, best_idx)
@@ -228,6 +256,9 @@ def sample(h: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None, temperature
     """
     M, H = h.shape
     V = W.shape[0]
+    if block_v % sampler.GROUP:
+        raise ValueError(f"block_v={block_v}: the vocabulary tiles hold whole groups of the "
+                         f"two-level draw, so block_v must be a multiple of {sampler.GROUP}")
     if h.stride(1) != 1:
         h = h.contiguous()
     if W.stride(1) != 1:
@@ -253,7 +284,7 @@ def sample(h: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None, temperature
         partial[0], partial[1], partial[2], partial[3], index[0], partial[4], index[1],
         M, V, H, h.stride(0), W.stride(0), float(temperature), seed_word(seed), tiles_per_split,
         HAS_BIAS=b is not None, DOT_IN_FP32=dot_in_fp32,
-        BLOCK_M=block_m, BLOCK_V=block_v, BLOCK_K=block_k,
+        BLOCK_M=block_m, BLOCK_V=block_v, BLOCK_K=block_k, GROUPS_PER_TILE=block_v // sampler.GROUP,
         num_warps=num_warps, num_stages=num_stages,
     )
     return merge_partials(partial[0], partial[1], partial[2], partial[3], index[0], partial[4],

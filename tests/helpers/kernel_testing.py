@@ -45,3 +45,32 @@ kernel_test = pytest.mark.skipif(RUN_IN_CHILD, reason=CHILD_REASON)
 def test_kernels_in_interpreter_process(request):
     """On a CPU machine: the importing module's kernel tests, interpreted."""
     assert_passes_in_interpreter_process(str(request.path))
+
+
+def draw_margin(z: torch.Tensor, seed: int, rows: torch.Tensor) -> torch.Tensor:
+    """[n] fp32: how clearly the two-level draw of each row of z [n, V] (sampler.gumbel_max) is
+    decided, the smaller of its two gaps: between the best and second-best group scores, and
+    between the best and second-best perturbed logits in the winning group. Two paths that
+    compute z or the group sums in another order may only draw differently where this is tiny.
+    Recomputed here with torch.logsumexp, not with gumbel_max's own arithmetic."""
+    from fast_electra_kernels import counter_rng, sampler
+
+    n, v = z.shape
+    groups = -(-v // sampler.GROUP)
+    z3 = torch.nn.functional.pad(z.float(), (0, groups * sampler.GROUP - v),
+                                 value=float("-inf")).view(n, groups, sampler.GROUP)
+    keys = counter_rng.row_keys(seed, rows)
+    group_ids = torch.arange(groups, device=z.device)
+    group_score = torch.logsumexp(z3, -1) + counter_rng.gumbel_from_uniform(
+        counter_rng.uniform_from_keys(counter_rng.group_keys(keys), group_ids))  # [n, groups]
+    chosen = group_score.argmax(-1)
+    noise = counter_rng.gumbel_noise(seed, rows, groups * sampler.GROUP)
+    inner = (z3 + noise.view(n, groups, sampler.GROUP))[torch.arange(n), chosen]  # [n, GROUP]
+
+    def gap(scores):
+        if scores.shape[-1] < 2:
+            return torch.full(scores.shape[:-1], float("inf"), device=scores.device)
+        top2 = scores.topk(2, dim=-1).values
+        return top2[..., 0] - top2[..., 1]
+
+    return torch.minimum(gap(group_score), gap(inner))

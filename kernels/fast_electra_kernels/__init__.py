@@ -1,7 +1,7 @@
 """Fused Triton kernels of fast_electra_ds, each beside its plain-torch reference.
 
-sampler    fused_sample: two-level Gumbel-max sampling + logsumexp + expected logit over the vocabulary,
-           streamed in tiles without materializing [M, V] logits
+sampler    fused_sample: two-level Gumbel-max sampling + logsumexp + expected logit over the
+           vocabulary, streamed in tiles without materializing [M, V] logits
 rtd_loss   fused_rtd_loss: the discriminator's final projection, masked BCE loss, accuracy counts
            and gradients in one pass over the hidden states
 

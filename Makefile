@@ -2,6 +2,9 @@
 # make demo   - the bundled demo: tokenizer, data, a tiny generator, fast-electra vs electra
 # make test   - the test suite (CPU; GPU tests are behind the `gpu` marker)
 # make bench  - the quick benchmark suite: electra vs fast-electra (benchmarks/results)
+# make gpu-check  - on a GPU machine: GPU tests, the fused sampler, step time and MFU
+#                   (benchmarks/gpu_check.py -> benchmarks/results/bench_cuda.md)
+# make gpu-wheels - wheels of what gpu-check needs, for a GPU machine without network (.whl/)
 
 PYTHON ?= python3
 VENV   := .venv
@@ -10,7 +13,7 @@ PIP    := $(PY) -m pip
 PIPQ   := $(PIP) install --quiet --disable-pip-version-check -c constraints.txt
 STAMP  := $(VENV)/.setup-done
 
-.PHONY: setup demo test bench clean-demo
+.PHONY: setup demo test bench gpu-check gpu-wheels clean-demo
 
 setup: $(STAMP)
 
@@ -40,6 +43,15 @@ test: setup
 bench: setup
 	$(PIPQ) --no-deps electra-pytorch
 	$(PY) benchmarks/bench.py --quick
+
+# The GPU machine's own Python (with its CUDA torch), not the CPU venv: no `setup` here. What it
+# lacks is installed from .whl/ (gpu-wheels) by the script itself.
+GPU_PYTHON ?= python3
+gpu-check:
+	$(GPU_PYTHON) benchmarks/gpu_check.py
+
+gpu-wheels: setup
+	bash benchmarks/gpu_wheels.sh
 
 clean-demo:
 	rm -rf .demo

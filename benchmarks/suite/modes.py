@@ -85,6 +85,7 @@ class BenchMode:
     inputs: Callable[[MaskedBatch], dict]  # batch -> the engine's keyword arguments
     note: str = ""
     frozen_generator: FrozenGenerator | None = None
+    step_flops: int | None = None  # our accounting (method/flops.py); None for the peer
 
     @property
     def corrupts_outside_engine(self) -> bool:
@@ -124,6 +125,8 @@ def build_mode(name: str, spec: Spec, env: DistEnv) -> BenchMode:
 
     mode = _library_mode(name, cfg, spec, env)
     engine, _ = build_engine(mode.build(), cfg, ds, env)
+    if cfg.train.compile:  # as training.loop does (the frozen generator: in mode.build)
+        engine.compile()
     # the curriculum's first temperature (joint mode: its constant one); the cost does not
     # depend on T
     temperature = mode.temperature(0, cfg.train.steps)
@@ -139,7 +142,7 @@ def build_mode(name: str, spec: Spec, env: DistEnv) -> BenchMode:
     else:
         note = ""
     return BenchMode(name, AUXILIARY[name], engine, inputs, note=note,
-                     frozen_generator=mode.frozen_generator)
+                     frozen_generator=mode.frozen_generator, step_flops=mode.step_flops())
 
 
 def _library_mode(name: str, cfg: RunConfig, spec: Spec, env: DistEnv) -> Mode:

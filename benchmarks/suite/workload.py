@@ -42,6 +42,7 @@ class Spec:
     device: str
     threads: int  # torch intra-op threads; 0 = torch's default
     generator_dir: str
+    overrides: tuple[str, ...] = ()  # further config overrides, e.g. train.compile=true
 
     def config(self) -> RunConfig:
         # cpu: fp32 ZeRO-0 (DeepSpeed refuses fp16 there); cuda: the recipe's own ds_config
@@ -51,6 +52,7 @@ class Spec:
                      f"generator.path={self.generator_dir}"]
         if self.device == "cpu":
             overrides.append("ds_config=ds_configs/cpu_fp32.json")
+        overrides += list(self.overrides)
         cfg = load_config(self.recipe, overrides)
         cfg.validate(check_files=False)
         return cfg

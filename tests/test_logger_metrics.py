@@ -45,6 +45,57 @@ def test_logger_writes_jsonl_wandb_offline_and_tensorboard(tmp_path):
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2
 
 
+def _tensorboard_steps(log_dir) -> list[int]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(log_dir))
+    events.Reload()
+    return [e.step for e in events.Scalars("train/loss")]
+
+
+def test_a_resumed_run_continues_one_history(tmp_path):
+    """An attempt logged steps 1-6 (train) and an evaluation at 4, then died; the run resumes
+    from its step-4 checkpoint: the log keeps 1-4 (and the evaluation), the rest goes aside,
+    tensorboard hides steps > 4, and wandb logs to a new run that names the old one."""
+    run = tmp_path / "run"
+    cfg = load_config("tiny", [f"run_dir={run}", "logging.wandb=offline",
+                               "logging.tensorboard=true"])
+    first = MetricsLogger(cfg, is_main=True)
+    for step in range(1, 7):
+        first.log(step, {"loss": float(step)})
+        if step == 4:
+            first.log(step, {"auc": 0.6}, prefix="eval")
+    first_id = first.wandb_id
+    first.close()
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 7, "split": "tr')  # the crash cut the last line short
+
+    second = MetricsLogger(cfg, is_main=True, start_step=4, wandb_id=first_id)
+    for step in range(5, 9):
+        second.log(step, {"loss": 10.0 * step})
+    second_id = second.wandb_id
+    continues = dict(second._wandb.config["continues"])
+    second.close()
+
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["split"]) for r in records] == [
+        (1, "train"), (2, "train"), (3, "train"), (4, "train"), (4, "eval"),
+        (5, "train"), (6, "train"), (7, "train"), (8, "train")]
+    assert [r["loss"] for r in records if r["step"] > 4] == [50.0, 60.0, 70.0, 80.0]
+    aside = (run / "metrics.discarded-after-step4.jsonl").read_text().splitlines()
+    assert [json.loads(x)["loss"] for x in aside[:2]] == [5.0, 6.0] and len(aside) == 3
+    assert _tensorboard_steps(run / "tensorboard") == list(range(1, 9))
+    assert second_id != first_id
+    assert list((run / "wandb").glob(f"offline-run-*-{second_id}"))
+    assert continues == {"wandb_run": first_id, "from_step": 4}
+
+    # a clean resume (nothing logged past the checkpoint) keeps the wandb run, moves nothing
+    third = MetricsLogger(cfg, is_main=True, start_step=8, wandb_id=second_id)
+    assert third.wandb_id == second_id and not third.discarded
+    third.close()
+    assert not (run / "metrics.discarded-after-step8.jsonl").exists()
+
+
 def _fake_run(root, name, mode, step_s, *, eval_set_key=None, judge="gen", auc=0.8):
     """A run directory with the files compare reads: config, metrics, eval-set record."""
     run = root / name

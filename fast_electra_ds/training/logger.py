@@ -2,6 +2,15 @@
 configured; a progress bar on a terminal. The only module that imports wandb or tensorboard.
 
 Other ranks get a logger that does nothing, so the training loop calls it unconditionally.
+
+One history per run. A run that resumes from step S (or starts fresh at 0) continues the logs
+from S: whatever an interrupted attempt logged after S never happened as far as the checkpoints
+go, and would be logged again with other values. So before anything is appended, the entries of
+metrics.jsonl after S move to metrics.discarded-after-step<S>.jsonl (kept, not deleted), and
+tensorboard purges its events after S (SummaryWriter's purge_step). wandb cannot rewind a run's
+history (its rewind is a private preview, and not offline): when the interrupted attempt logged
+past S, this attempt logs to a new wandb run in the same group, whose config names the run and
+step it continues; otherwise it continues the same wandb run.
 """
 
 from __future__ import annotations
@@ -10,6 +19,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,19 +38,33 @@ class MetricsLogger:
         if not self.enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
+        self.discarded = rewind_jsonl(self.run_dir / METRICS, start_step)
+        if self.discarded:
+            self.info(f"metrics: {self.discarded.count} entries logged after step {start_step} "
+                      f"by an interrupted attempt moved to {self.discarded.path.name}")
+        self._jsonl = open(self.run_dir / METRICS, "a", buffering=1)
         if cfg.logging.wandb != "disabled":
             import wandb
 
             os.environ.setdefault("WANDB_SILENT", "true")
+            config = cfg.to_dict()
+            if self.discarded and wandb_id is not None:
+                self.info(f"wandb: run {wandb_id} holds steps after {start_step} that did not "
+                          f"survive; logging from step {start_step} to a new run in group "
+                          f"{self.run_dir.name!r} (wandb cannot rewind a run)")
+                config["continues"] = {"wandb_run": wandb_id, "from_step": start_step}
+                wandb_id = None
             self._wandb = wandb.init(project=cfg.logging.wandb_project, dir=str(self.run_dir),
-                                     mode=cfg.logging.wandb, config=cfg.to_dict(),
-                                     name=self.run_dir.name, id=wandb_id, resume="allow")
+                                     mode=cfg.logging.wandb, config=config,
+                                     name=self.run_dir.name, group=self.run_dir.name,
+                                     id=wandb_id, resume="allow")
             self.wandb_id = self._wandb.id
         if cfg.logging.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+            # events at steps > start_step, from an interrupted attempt, are hidden
+            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"),
+                                     purge_step=start_step + 1 if start_step else None)
         if cfg.logging.progress_bar and sys.stdout.isatty():
             from tqdm import tqdm
 
@@ -86,6 +110,54 @@ class MetricsLogger:
         if self._wandb is not None:
             self._wandb.finish()
         self._jsonl.close()
+
+
+METRICS = "metrics.jsonl"
+
+
+@dataclass
+class Discarded:
+    path: Path  # where the entries went
+    count: int
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+
+def rewind_jsonl(path: Path, step: int) -> Discarded | None:
+    """Keep the entries of the JSONL log `path` up to `step`; move the later ones (and any line
+    that does not parse, such as one cut short by a crash) to metrics.discarded-after-step<S>
+    [.N].jsonl beside it. The log is rewritten by temp file + fsync + rename. None if nothing
+    moved."""
+    if not path.is_file():
+        return None
+    keep, later = [], []
+    for line in path.read_text().splitlines(keepends=True):
+        try:
+            logged = int(json.loads(line)["step"])
+        except (ValueError, KeyError, TypeError):
+            logged = None
+        (keep if logged is not None and logged <= step else later).append(line)
+    if not later:
+        return None
+    aside = path.with_name(f"metrics.discarded-after-step{step}.jsonl")
+    n = 1
+    while aside.exists():
+        aside = path.with_name(f"metrics.discarded-after-step{step}.{n}.jsonl")
+        n += 1
+    _write_synced(aside, "".join(line if line.endswith("\n") else line + "\n"
+                                 for line in later))
+    _write_synced(path, "".join(keep))
+    return Discarded(aside, len(later))
+
+
+def _write_synced(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _fmt(v: Any) -> str:

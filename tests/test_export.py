@@ -101,6 +101,21 @@ def test_export_takes_the_newest_committed_checkpoint(finished_run, tmp_path):
     assert json.loads((tmp_path / "out" / "export.json").read_text())["step"] == 2
 
 
+def test_export_reads_a_run_that_holds_its_lock(finished_run, tmp_path, tiny_dataset,
+                                                tiny_generator):
+    """A running run holds run_dir's lock for its whole life; export and evaluate take no
+    lock, so they read the committed checkpoints of a run still in progress."""
+    from fast_electra_ds.training.run_lock import RunDirLock
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    with RunDirLock(run):
+        assert main(["export", "--run", str(run), "--output", str(tmp_path / "out")]) == 0
+        assert main(["evaluate", "--judge", str(tiny_generator), "--data", str(tiny_dataset),
+                     "--num-sequences", "16", "--batch-size", "16", str(run)]) == 0
+    assert json.loads((tmp_path / "out" / "export.json").read_text())["step"] == 2
+
+
 def test_existing_output_is_refused_unless_overwrite(finished_run, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["export", "--run", str(finished_run), "--output", str(out)]) == 0

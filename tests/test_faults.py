@@ -15,12 +15,23 @@ What is guaranteed, and the test that shows it:
   * SIGTERM mid-run leaves a committed, loadable checkpoint  test_sigterm_saves_and_exits
   * a 2-rank ZeRO-2 checkpoint resumes on 1 rank (universal conversion)
                                                          test_two_rank_checkpoint_resumes_on_one
+  * ...and after the kill -9, metrics.jsonl holds each step once, equal to the uninterrupted
+    run's; the interrupted attempt's later entries are kept aside
+                                                         test_kill9_resume_is_bit_identical
+  * a second run started on a run_dir in use stops before any compute, naming the first; the
+    first is untouched and finishes                      test_second_run_on_a_run_dir_in_use_*
+  * a save that fails part-way (ENOSPC on one rank, ZeRO-2, 2 ranks) stops the run with an
+    error naming the file and the cause; the previous checkpoint is what loads
+                                                         test_failing_save_keeps_the_previous_*
+  * resuming onto re-prepared data is refused, naming what changed, and allowed with
+    checkpoint.allow_data_change=true                    test_resume_onto_other_data_*
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -62,6 +73,11 @@ def _run(args: list[str]) -> str:
     return out
 
 
+def _records(run_dir: Path, split: str = "train") -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["split"] == split]
+
+
 def _losses(run_dir: Path) -> dict[int, float]:
     """step -> loss, the last record of each step (a resumed run appends)."""
     out = {}
@@ -101,6 +117,12 @@ def test_kill9_resume_is_bit_identical(tmp_path, tiny_dataset, tiny_generator, d
     assert "resumed from" in out and "step 4" in out
     got = _losses(crashed)
     assert [got[s] for s in range(5, 9)] == [ref[s] for s in range(5, 9)]
+    # one history: every step once, in order, each the uninterrupted run's
+    steps = [r["step"] for r in _records(crashed)]
+    assert steps == list(range(1, 9)), steps
+    assert got == ref
+    discarded = crashed / "metrics.discarded-after-step4.jsonl"
+    assert 5 in {r["step"] for r in map(json.loads, discarded.read_text().splitlines())}
 
 
 def test_kill9_negative_control_without_rng(tmp_path, tiny_dataset, tiny_generator):
@@ -149,7 +171,8 @@ def test_crash_before_commit_falls_back(tmp_path, tiny_dataset, tiny_generator, 
     from fast_electra_ds.data.loader import open_datasets
 
     vocab = open_datasets([str(tiny_dataset)], "train")[1].vocab_size
-    plan = checkpoint.plan_resume(cfg, world_size=1, vocab_size=vocab, log=print)
+    plan = checkpoint.plan_resume(cfg, world_size=1, vocab_size=vocab, log=print,
+                                  data=checkpoint.data_record([str(tiny_dataset)], None))
     assert plan.tag == "step000000002"
 
 
@@ -263,3 +286,132 @@ def test_two_rank_checkpoint_resumes_on_one(tmp_path, tiny_dataset, tiny_generat
     # same global batches and weights; only the float summation order differs across layouts
     assert [got[s] for s in range(5, 9)] == pytest.approx([ref[s] for s in range(5, 9)],
                                                           rel=1e-4)
+
+
+# --------------------------------------------------------------------------------------------
+# one writer per run directory, failing saves, changed data
+
+
+def _wait_for(condition, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_run_dir_lock_names_its_holder_and_dies_with_it(tmp_path):
+    from fast_electra_ds.errors import UserError
+    from fast_electra_ds.training.run_lock import RunDirLock
+
+    run_dir = tmp_path / "run"
+    held = RunDirLock(run_dir)
+    held.acquire()
+    with pytest.raises(UserError, match=rf"is in use by another run \(pid {os.getpid()} on host "):
+        RunDirLock(run_dir).acquire()
+    held.release()
+    # a holder killed with the lock held (no clean-up ran): the kernel released it
+    code = (f"import os; from fast_electra_ds.training.run_lock import RunDirLock; "
+            f"RunDirLock({str(run_dir)!r}).acquire(); os.kill(os.getpid(), 9)")
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == -9
+    assert json.loads((run_dir / "run.lock").read_text())["pid"] != os.getpid()
+    with RunDirLock(run_dir):
+        assert json.loads((run_dir / "run.lock").read_text())["pid"] == os.getpid()
+    # a lock file that says nothing readable still gives a clear error
+    held.acquire()
+    (run_dir / "run.lock").write_text("garbage")
+    with pytest.raises(UserError, match="holder unknown"):
+        RunDirLock(run_dir).acquire()
+    held.release()
+
+
+def test_second_run_on_a_run_dir_in_use_stops_before_any_compute(tmp_path, tiny_dataset,
+                                                                 tiny_generator):
+    run_dir = tmp_path / "run"
+    args = _common(tiny_dataset, tiny_generator, run_dir, "train.steps=10",
+                   "checkpoint.save_every=5")
+    first = _torchrun(["--slow-after-step", "1", *args])
+    _wait_for(lambda: (run_dir / "metrics.jsonl").is_file() and _losses(run_dir), first)
+    holder = json.loads((run_dir / "run.lock").read_text())
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    second = subprocess.run([str(BIN / "fast-electra"), "pretrain", "--config", "tiny", *args],
+                            capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    assert first.poll() is None  # the second stopped while the first still runs
+    assert second.returncode == 2, second.stdout[-2000:] + second.stderr[-2000:]
+    err = second.stderr
+    assert f"run_dir {run_dir} is in use by another run" in err
+    assert f"pid {holder['pid']} on host {holder['host']}" in err and "fault_run.py" in err
+    assert "another run_dir" in err and "Traceback" not in err
+    assert "resumed from" not in second.stdout and "[train step" not in second.stdout
+    out, _ = first.communicate(timeout=600)
+    assert first.returncode == 0, out[-3000:]
+    assert [r["step"] for r in _records(run_dir)] == list(range(1, 11))
+    assert (run_dir / "checkpoints" / "latest").read_text() == "step000000010"
+
+
+def test_failing_save_keeps_the_previous_checkpoint_loadable(tmp_path, tiny_dataset,
+                                                             tiny_generator):
+    """ZeRO-2 on 2 ranks: rank 1's optimizer shard of the step-8 checkpoint hits a full disk."""
+    run_dir = tmp_path / "run"
+    args = _common(tiny_dataset, tiny_generator, run_dir, "train.steps=8",
+                   "checkpoint.save_every=4", "ds_config=ds_configs/cpu_zero2_fp32.json")
+    proc = _torchrun(["--fail-save-step", "8", "--fail-save-rank", "1", *args])
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode != 0
+    ckpts = run_dir / "checkpoints"
+    assert "CheckpointSaveError: saving checkpoint " + str(ckpts / "step000000008") in out
+    assert "failed on rank 1: writing " in out and "No space left on device" in out
+    assert "its partial files were removed" in out
+    assert f"the previous committed checkpoint {ckpts / 'step000000004'} is the one" in out
+    assert not (ckpts / "step000000008").exists()
+    assert (ckpts / "latest").read_text() == "step000000004"
+    assert checkpoint.committed_tags(ckpts) == ["step000000004"]
+    # what loads is the previous checkpoint, and training goes on from it
+    out = _run(args)
+    assert "resumed from" in out and "step 4" in out
+    assert [r["step"] for r in _records(run_dir)] == list(range(1, 9))
+
+
+def test_resume_onto_other_data_is_refused_unless_allowed(tmp_path, tiny_dataset, tiny_corpus,
+                                                          tiny_tokenizer, tiny_generator,
+                                                          capsys):
+    from fast_electra_ds.data.prepare import read_manifest, prepare_data
+    from fast_electra_ds.errors import UserError
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    loop.pretrain(_in_process(tmp_path, data, tiny_generator, "run", "train.steps=2",
+                              "checkpoint.save_every=2"))
+    run_dir = tmp_path / "run"
+
+    def files() -> dict[str, bytes]:  # the run's own files (the lock file names its holder)
+        return {p.name: p.read_bytes() for p in run_dir.iterdir()
+                if p.is_file() and p.name != "run.lock"}
+
+    before = files()
+
+    # re-prepared in between (here with another share held out for validation)
+    manifest = read_manifest(data)
+    shutil.rmtree(data)
+    prepare_data([str(tiny_corpus)], tokenizer=str(tiny_tokenizer), seq_len=manifest["seq_len"],
+                 output=str(data), valid_fraction=manifest["valid_fraction"] * 2)
+    with pytest.raises(UserError) as refused:
+        loop.pretrain(_in_process(tmp_path, data, tiny_generator, "run", "train.steps=4"))
+    message = str(refused.value)
+    assert "trained on other data than data.paths now holds" in message
+    assert f"data.paths[0] ({data.resolve()})" in message and "num_sequences" in message
+    assert "created_at" in message and "checkpoint.allow_data_change=true" in message
+    # refused before anything was written
+    assert files() == before
+    assert (run_dir / "checkpoints" / "latest").read_text() == "step000000002"
+
+    capsys.readouterr()
+    result = loop.pretrain(_in_process(tmp_path, data, tiny_generator, "run", "train.steps=4",
+                                       "checkpoint.allow_data_change=true"))
+    assert result.state.step == 4
+    out = capsys.readouterr().out
+    assert "warning: resuming on other data than the checkpoint was trained on" in out
+    # changed blend weights count too (the same folder twice, other weights)
+    changes = checkpoint.data_changes(checkpoint.data_record([str(data)] * 2, [1.0, 1.0]),
+                                      checkpoint.data_record([str(data)] * 2, [3.0, 1.0]))
+    assert changes == ["data.weights [1.0, 1.0] -> [3.0, 1.0]"]

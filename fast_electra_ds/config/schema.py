@@ -217,6 +217,10 @@ class CheckpointConfig:
     """Checkpoints kept; older ones are deleted after a newer one is saved."""
     resume: str = "auto"
     """auto: the newest checkpoint in run_dir, or start fresh; none: start fresh; or a path."""
+    allow_data_change: bool = False
+    """Resume even if data.paths now holds other data than the checkpoint was trained on
+    (re-prepared, another tokenizer, other blend weights): logged as a warning instead of an
+    error."""
 
 
 @dataclass

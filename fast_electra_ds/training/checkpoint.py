@@ -9,10 +9,17 @@ so a crash there leaves it naming a half-written tag; and `load_checkpoint` on a
           every file's size), then `latest`, each by temp file + fsync + rename -> barrier ->
           rank 0 deletes the oldest committed checkpoints beyond keep_last (only ever after a
           newer commit, so there is always one to fall back to).
+          A write that fails on any rank (no space, quota, I/O error) is recorded by that rank
+          instead of raised inside DeepSpeed's save, whose collectives then still match on every
+          rank; the ranks compare notes, rank 0 removes the partial tag, and every rank raises
+          CheckpointSaveError naming the file and the cause. `latest` still names the previous
+          committed checkpoint, which is what loads.
   load:   before the engine exists (`plan_resume`), rank 0 picks the tag `latest` names, checks
-          it is committed, its files intact (sizes as recorded) and compatible with this run,
-          and broadcasts the plan; every rank loads it (`resume`). Asking for a checkpoint that
-          is not there is an error, never a silent fresh start.
+          it is committed, its files intact (sizes as recorded), compatible with this run and
+          trained on this data (each dataset's manifest fingerprint and the blend weights; a
+          change is an error unless checkpoint.allow_data_change), and broadcasts the plan;
+          every rank loads it (`resume`). Asking for a checkpoint that is not there is an
+          error, never a silent fresh start.
 
 DeepSpeed does not save RNG states: each rank's python/numpy/torch(/cuda) states are gathered
 into the client_state, so a resumed run continues bit for bit (dropout draws included).
@@ -64,6 +71,10 @@ class TrainState:
     consumed_samples: int = 0
     wandb_id: str | None = None
     train_seconds: float = 0.0  # wall-clock spent in training steps (not evaluation, saving)
+
+
+class CheckpointSaveError(UserError):
+    """A checkpoint could not be written; the previous committed one is what loads."""
 
 
 @dataclass
@@ -142,7 +153,8 @@ def read_marker(ckpt_dir: Path, tag: str) -> dict[str, Any]:
 
 def save(engine, cfg: RunConfig, state: TrainState, *, zero_stage: int,
          extra_marker: dict[str, Any] | None = None) -> Path:
-    """Save and commit a checkpoint of `engine` at `state.step`. Collective: all ranks call it."""
+    """Save and commit a checkpoint of `engine` at `state.step`. Collective: all ranks call it.
+    Raises CheckpointSaveError on every rank if a write failed on any (module doc)."""
     ckpt_dir = checkpoint_dir(cfg)
     tag = _tag(state.step)
     rngs: list[Any] = [None] * dist.get_world_size()
@@ -153,29 +165,99 @@ def save(engine, cfg: RunConfig, state: TrainState, *, zero_stage: int,
                     "world_size": dist.get_world_size(),
                     # lets `ds_to_universal` convert this checkpoint for another world size
                     "universal_checkpoint_info": {}}
+    writer = _RecordingWriter.around(engine)
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
-    dist.barrier()  # every rank's shards are on disk (and fsynced by torch.save's close)
+    # DeepSpeed's save ends in a barrier: every rank's shards are on disk (fsynced by
+    # torch.save's close), or its writer recorded why not
+    failures: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(failures, writer.take_error())
+    outcome: list[str | None] = [None]
     if dist.get_rank() == 0:
-        import deepspeed
-
-        tag_dir = ckpt_dir / tag
-        for f in tag_dir.iterdir():  # torch.save closes but does not fsync
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        _fsync_dir(tag_dir)
-        marker = {"tag": tag, "step": state.step, "consumed_samples": state.consumed_samples,
-                  "config_hash": config_hash(cfg), "config": cfg.to_dict(),
-                  "world_size": dist.get_world_size(), "zero_stage": zero_stage,
-                  "versions": {"torch": torch.__version__, "deepspeed": deepspeed.__version__},
-                  "files": {f.name: f.stat().st_size for f in sorted(tag_dir.iterdir())},
-                  **(extra_marker or {})}
-        _atomic_write(tag_dir / MARKER, json.dumps(marker, indent=2) + "\n")
-        _atomic_write(ckpt_dir / LATEST, tag)
-        for old in committed_tags(ckpt_dir)[:-cfg.checkpoint.keep_last]:
-            shutil.rmtree(ckpt_dir / old, ignore_errors=True)
-            shutil.rmtree(ckpt_dir / UNIVERSAL / old, ignore_errors=True)
-    dist.barrier()
+        failure = next(((rank, e) for rank, e in enumerate(failures) if e), None)
+        if failure is None:
+            try:
+                _commit(engine, cfg, state, ckpt_dir, tag, zero_stage, extra_marker)
+            except OSError as e:
+                failure = (0, str(e))
+        if failure is not None:
+            outcome[0] = _abandon(ckpt_dir, tag, *failure)
+    dist.broadcast_object_list(outcome, src=0)  # and a barrier: the commit is done
+    if outcome[0] is not None:
+        raise CheckpointSaveError(outcome[0])
     return ckpt_dir / tag
+
+
+def _commit(engine, cfg: RunConfig, state: TrainState, ckpt_dir: Path, tag: str,
+            zero_stage: int, extra_marker: dict[str, Any] | None) -> None:
+    """Rank 0: fsync the shards, write COMMITTED.json, point `latest` at it, prune old tags."""
+    import deepspeed
+
+    tag_dir = ckpt_dir / tag
+    for f in tag_dir.iterdir():  # torch.save closes but does not fsync
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    _fsync_dir(tag_dir)
+    marker = {"tag": tag, "step": state.step, "consumed_samples": state.consumed_samples,
+              "config_hash": config_hash(cfg), "config": cfg.to_dict(),
+              "world_size": dist.get_world_size(), "zero_stage": zero_stage,
+              "versions": {"torch": torch.__version__, "deepspeed": deepspeed.__version__},
+              "files": {f.name: f.stat().st_size for f in sorted(tag_dir.iterdir())},
+              **(extra_marker or {})}
+    _atomic_write(tag_dir / MARKER, json.dumps(marker, indent=2) + "\n")
+    _atomic_write(ckpt_dir / LATEST, tag)
+    for old in committed_tags(ckpt_dir)[:-cfg.checkpoint.keep_last]:
+        shutil.rmtree(ckpt_dir / old, ignore_errors=True)
+        shutil.rmtree(ckpt_dir / UNIVERSAL / old, ignore_errors=True)
+
+
+def _abandon(ckpt_dir: Path, tag: str, rank: int, error: str) -> str:
+    """Rank 0, after a failed save: remove the partial tag (a tag without COMMITTED.json never
+    loads anyway, but it holds disk space) and say what happened and what loads now."""
+    tag_dir = ckpt_dir / tag
+    shutil.rmtree(tag_dir, ignore_errors=True)
+    (ckpt_dir / f".{LATEST}.tmp").unlink(missing_ok=True)
+    removed = ("its partial files were removed" if not tag_dir.exists() else
+               f"its partial files in {tag_dir} could not all be removed (delete them; they are "
+               f"never loaded, having no {MARKER})")
+    latest = ckpt_dir / LATEST
+    previous = latest.read_text().strip() if latest.is_file() else None
+    loads = (f"the previous committed checkpoint {ckpt_dir / previous} is the one "
+             f"checkpoint.resume=auto loads" if previous else
+             "there is no earlier committed checkpoint: a new run would start fresh")
+    return (f"saving checkpoint {tag_dir} failed on rank {rank}: {error}. The run stops here; "
+            f"{removed}; {loads}. Free space or fix the filesystem, then resume")
+
+
+class _RecordingWriter:
+    """Wraps DeepSpeed's checkpoint engine so that a failed write is recorded, not raised: a rank
+    raising inside `save_checkpoint` would leave the others waiting in its collectives. After a
+    failure this rank writes nothing more of that checkpoint."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.error: str | None = None
+
+    @classmethod
+    def around(cls, engine) -> _RecordingWriter:
+        if not isinstance(engine.checkpoint_engine, cls):
+            engine.checkpoint_engine = cls(engine.checkpoint_engine)
+        return engine.checkpoint_engine
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def save(self, state_dict, path: str):
+        if self.error is not None:
+            return None
+        try:
+            return self.inner.save(state_dict, path)
+        except OSError as e:  # ENOSPC, EDQUOT, EIO, EFBIG...
+            self.error = f"writing {path}: {e}"
+            return None
+
+    def take_error(self) -> str | None:
+        error, self.error = self.error, None
+        return error
 
 
 # --------------------------------------------------------------------------------------------
@@ -237,6 +319,69 @@ def check_compatible(marker: dict[str, Any], cfg: RunConfig, *, vocab_size: int,
             + "; ".join(changed))
 
 
+def data_record(paths: list[str], weights: list[float] | None) -> dict[str, Any]:
+    """What a checkpoint records of the data it was trained on: per dataset folder its manifest's
+    fingerprint (sha256 of manifest.json, which prepare-data writes anew on every run) and what a
+    message about a change would name; and the blend weights."""
+    from fast_electra_ds.data.prepare import MANIFEST
+
+    datasets = []
+    for path in paths:
+        raw = (Path(path) / MANIFEST).read_bytes()
+        manifest = json.loads(raw)
+        datasets.append({
+            "path": str(Path(path).resolve()),
+            "fingerprint": hashlib.sha256(raw).hexdigest()[:16],
+            "created_at": manifest.get("created_at"),
+            "tokenizer_fingerprint": manifest.get("tokenizer_fingerprint"),
+            "num_sequences": {split: stats.get("num_sequences")
+                              for split, stats in manifest.get("splits", {}).items()},
+        })
+    return {"datasets": datasets, "weights": list(weights) if weights else None}
+
+
+def data_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """What differs between the data a checkpoint was trained on and this run's (data_record)."""
+    changes = []
+    if len(saved["datasets"]) != len(now["datasets"]):
+        changes.append(f"{len(saved['datasets'])} dataset(s) then, {len(now['datasets'])} now")
+    for i, (a, b) in enumerate(zip(saved["datasets"], now["datasets"])):
+        if a["fingerprint"] == b["fingerprint"]:
+            continue
+        what = [f"{key} {a.get(key)!r} -> {b.get(key)!r}"
+                for key in ("tokenizer_fingerprint", "num_sequences", "created_at")
+                if a.get(key) != b.get(key)] or ["its manifest.json changed"]
+        where = a["path"] if a["path"] == b["path"] else f"{a['path']} -> {b['path']}"
+        changes.append(f"data.paths[{i}] ({where}): {'; '.join(what)}")
+    if saved.get("weights") != now.get("weights"):
+        changes.append(f"data.weights {saved.get('weights')} -> {now.get('weights')}")
+    return changes
+
+
+def check_data(marker: dict[str, Any], cfg: RunConfig, data: dict[str, Any],
+               log: Callable[[str], None]) -> None:
+    """An error if the checkpoint was trained on other data, unless checkpoint.allow_data_change
+    (then a warning). The data order continues by consumed-sample count, which on other data
+    means other batches."""
+    if "data" not in marker:
+        log("warning: this checkpoint does not record its data (written by an older version): "
+            "not checked against data.paths")
+        return
+    changes = data_changes(marker["data"], data)
+    if not changes:
+        return
+    listed = "\n  - " + "\n  - ".join(changes)
+    if cfg.checkpoint.allow_data_change:
+        log("warning: resuming on other data than the checkpoint was trained on "
+            f"(checkpoint.allow_data_change=true):{listed}")
+        return
+    raise UserError(f"the checkpoint was trained on other data than data.paths now holds:{listed}"
+                    "\nprepare-data writes a new manifest each time it runs, so re-prepared data "
+                    "counts as changed. Point data.paths at the data the run started with, or set "
+                    "checkpoint.allow_data_change=true to continue on this data (the sample "
+                    "order then continues by count, over other sequences)")
+
+
 def check_files(ckpt_dir: Path, tag: str, marker: dict[str, Any]) -> None:
     """Every file the commit recorded is there with its recorded size (a copy cut short by a
     full disk or an interrupted transfer is caught here, naming the file)."""
@@ -251,7 +396,7 @@ def check_files(ckpt_dir: Path, tag: str, marker: dict[str, Any]) -> None:
                             f"delete {ckpt_dir / tag} to fall back to the previous checkpoint")
 
 
-def plan_resume(cfg: RunConfig, *, world_size: int, vocab_size: int,
+def plan_resume(cfg: RunConfig, *, world_size: int, vocab_size: int, data: dict[str, Any],
                 log: Callable[[str], None]) -> ResumePlan | None:
     """Decide, on rank 0, what to resume from; validate it; convert it to DeepSpeed's universal
     format when the world size changed under ZeRO >= 1. Collective; None = start fresh."""
@@ -261,7 +406,7 @@ def plan_resume(cfg: RunConfig, *, world_size: int, vocab_size: int,
     result: list[Any] = [None]
     if dist.get_rank() == 0:
         try:
-            result[0] = _plan_on_rank0(cfg, world_size, vocab_size, log)
+            result[0] = _plan_on_rank0(cfg, world_size, vocab_size, data, log)
         except UserError as e:  # every rank must learn of it, or the others hang
             result[0] = e
     dist.broadcast_object_list(result, src=0)
@@ -273,7 +418,7 @@ def plan_resume(cfg: RunConfig, *, world_size: int, vocab_size: int,
     return result[0]
 
 
-def _plan_on_rank0(cfg: RunConfig, world_size: int, vocab_size: int,
+def _plan_on_rank0(cfg: RunConfig, world_size: int, vocab_size: int, data: dict[str, Any],
                    log: Callable[[str], None]) -> ResumePlan | None:
     picked = _pick(cfg.checkpoint.resume, Path(cfg.run_dir))
     if picked is None:
@@ -282,6 +427,7 @@ def _plan_on_rank0(cfg: RunConfig, world_size: int, vocab_size: int,
     marker = read_marker(ckpt_dir, tag)
     check_files(ckpt_dir, tag, marker)
     check_compatible(marker, cfg, vocab_size=vocab_size, where=ckpt_dir / tag, log=log)
+    check_data(marker, cfg, data, log)
     saved_world = marker["world_size"]
     universal = saved_world != world_size and marker["zero_stage"] >= 1
     if marker["config"]["train"]["global_batch_size"] != cfg.train.global_batch_size \

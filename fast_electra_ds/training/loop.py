@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from fast_electra_ds.config import SELF_JUDGE, RunConfig
+from fast_electra_ds.errors import UserError
 from fast_electra_ds.data.loader import DataInfo, build_loader, open_datasets
 from fast_electra_ds.data.masking import Masker
 from fast_electra_ds.method.frozen_generator import FrozenGenerator
@@ -34,6 +35,7 @@ from fast_electra_ds.training.engine import DistEnv, build_engine, init_distribu
 from fast_electra_ds.training.evaluation import EvalSet
 from fast_electra_ds.training.faults import FaultGuard
 from fast_electra_ds.training.logger import MetricsLogger
+from fast_electra_ds.training.run_lock import RunDirLock
 from fast_electra_ds.metrics import reduce_metrics
 
 
@@ -47,8 +49,16 @@ class PretrainResult:
 
 
 def pretrain(cfg: RunConfig) -> PretrainResult:
-    """Run (or resume) the pretraining described by `cfg`."""
+    """Run (or resume) the pretraining described by `cfg`, holding run_dir's lock throughout."""
     env = init_distributed(cfg, timeout_minutes=cfg.train.dist_timeout_minutes)
+    lock = _lock_run_dir(cfg, env)  # before anything is written to run_dir
+    try:
+        return _pretrain(cfg, env)
+    finally:
+        lock.release()
+
+
+def _pretrain(cfg: RunConfig, env: DistEnv) -> PretrainResult:
     run_dir = Path(cfg.run_dir)
     log = _rank0_print(env)
 
@@ -57,6 +67,11 @@ def pretrain(cfg: RunConfig) -> PretrainResult:
     ds = resolve_ds_config(load_ds_config(cfg.ds_config), cfg, world_size=env.world_size,
                            device=env.device.type)
     vocab_size, special = data_info.vocab_size, data_info.special_token_ids
+
+    # ---- what to resume from: decided and validated before anything is built or written ------
+    data_record = checkpoint.data_record(cfg.data.paths, cfg.data.weights)
+    plan = checkpoint.plan_resume(cfg, world_size=env.world_size, vocab_size=vocab_size,
+                                  data=data_record, log=log)
 
     # ---- models: what the engine trains, and what stays outside it (the mode decides) ---------
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
@@ -76,8 +91,6 @@ def pretrain(cfg: RunConfig) -> PretrainResult:
     # ---- the held-out yardstick: built once, before training (and any judge checked) ---------
     eval_set = _build_eval_set(cfg, mode, env, data_info, log) if cfg.eval.every else None
 
-    # ---- what to resume from: decided and validated before the engine exists -----------------
-    plan = checkpoint.plan_resume(cfg, world_size=env.world_size, vocab_size=vocab_size, log=log)
     if plan is not None and plan.universal:
         ds["checkpoint"] = {**ds.get("checkpoint", {}), "load_universal": True}
     engine, optimizer_name = build_engine(module, cfg, ds, env)
@@ -172,7 +185,7 @@ def pretrain(cfg: RunConfig) -> PretrainResult:
         if (last or guard.stop or
                 (cfg.checkpoint.save_every and state.step % cfg.checkpoint.save_every == 0)):
             path = checkpoint.save(engine, cfg, state, zero_stage=zero_stage(ds),
-                                   extra_marker={"vocab_size": vocab_size})
+                                   extra_marker={"vocab_size": vocab_size, "data": data_record})
             logger.info(f"checkpoint committed: {path}")
         if guard.stop and not last:
             logger.info(f"stopping at step {state.step} ({guard.stop_reason}); resume with "
@@ -186,6 +199,22 @@ def pretrain(cfg: RunConfig) -> PretrainResult:
     logger.close()
     return PretrainResult(eval_metrics, state, engine, mode.frozen_generator,
                           stopped_early=guard.stop and state.step < cfg.train.steps)
+
+
+def _lock_run_dir(cfg: RunConfig, env: DistEnv) -> RunDirLock:
+    """Rank 0 takes run_dir's lock (run_lock.py); if another run holds it, every rank raises the
+    UserError that names that run, before any compute."""
+    lock = RunDirLock(cfg.run_dir)
+    error: list[str | None] = [None]
+    if env.is_main:
+        try:
+            lock.acquire()
+        except UserError as e:
+            error[0] = str(e)
+    dist.broadcast_object_list(error, src=0)
+    if error[0] is not None:
+        raise UserError(error[0])
+    return lock
 
 
 def _build_eval_set(cfg: RunConfig, mode: Mode, env: DistEnv, data_info: DataInfo,

@@ -6,11 +6,14 @@ launcher (torchrun or deepspeed), or as a plain process:
 --nan-steps: on rank R, the loss of those optimizer steps (1-based) is NaN.
 --slow-after-step: after that step, every step sleeps 0.5 s, so that a test can kill -9 or
     SIGTERM the run part-way, from outside, without racing it.
+--fail-save-step S --fail-save-rank R: on rank R, the checkpoint of step S fails as on a full
+    disk: its first shard file is written half, then the write raises ENOSPC.
 At the end, each rank writes RUN_DIR/fault_result_rank<R>.json: whether every trained weight is
 finite, and how many updates its optimizer applied.
 """
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -28,6 +31,8 @@ parser.add_argument("--local_rank", type=int, default=None)
 parser.add_argument("--nan-rank", type=int, default=-1)
 parser.add_argument("--nan-steps", default="")
 parser.add_argument("--slow-after-step", type=int, default=-1)
+parser.add_argument("--fail-save-step", type=int, default=-1)
+parser.add_argument("--fail-save-rank", type=int, default=-1)
 args, overrides = parser.parse_known_args()
 nan_steps = {int(s) for s in args.nan_steps.split(",") if s}
 rank = int(os.environ.get("RANK", "0"))
@@ -48,6 +53,23 @@ def forward(self, engine, batch, temp):
 
 
 Mode.forward = forward
+
+
+def fail_save(real_save):
+    def save(self, state_dict, path):
+        if rank == args.fail_save_rank and f"step{args.fail_save_step:09d}" in str(path):
+            real_save(self, state_dict, path)
+            with open(path, "r+b") as f:  # what a full disk leaves: part of the file
+                f.truncate(os.path.getsize(path) // 2)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real_save(self, state_dict, path)
+    return save
+
+
+if args.fail_save_step >= 0:
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+    TorchCheckpointEngine.save = fail_save(TorchCheckpointEngine.save)
 train_start = {"step": 0}
 real_resume = loop.checkpoint.resume
 

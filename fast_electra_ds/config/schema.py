@@ -56,6 +56,11 @@ class ModelConfig:
     """Dropout on hidden states."""
     attention_dropout: float = 0.1
     """Dropout on attention probabilities."""
+    init_from: str = ""
+    """Start the discriminator from a released checkpoint: a HF folder or hub id of an
+    ElectraForPreTraining (or an ElectraModel, whose head then starts fresh). Its shape replaces
+    the fields above (logged, and saved in the run's config); its vocabulary and special tokens
+    must be the data's (prepare the data with its tokenizer). Empty: random initialization."""
     attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = "auto"
     """Attention of every model of the run (the discriminator, a generator trained here, the
     frozen generator): sdpa (torch's scaled_dot_product_attention), flash_attention_2 (the
@@ -71,6 +76,11 @@ class GeneratorConfig:
     path: str = ""
     """mode=fast-electra: the frozen generator, a HF masked-LM folder or hub id (e.g. the output of
     a `mode=mlm` run). Its vocabulary and special tokens must match the data's tokenizer."""
+    init_from: str = ""
+    """mode=electra/mlm: start the generator trained here from a released ELECTRA generator (an
+    ElectraForMaskedLM folder or hub id); its shape replaces the fields below. Under mode=electra
+    its embedding width must be the discriminator's (they share one table, the
+    discriminator's)."""
     num_layers: int = 12
     """mode=electra/mlm: layers of the generator trained here."""
     hidden_size: int = 64

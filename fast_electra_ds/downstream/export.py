@@ -19,6 +19,7 @@ Shapes come from RUN_DIR/config.yaml, the vocabulary and the tokenizer from the 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -63,7 +64,10 @@ def export(run_dir: str, output: str, *, overwrite: bool = False, log=print) -> 
     info = {"run_dir": str(run.resolve()), "tag": tag, "step": marker["step"],
             "mode": cfg.mode, "zero_stage": marker["zero_stage"],
             "world_size": marker["world_size"], "weights_from": str(saved_dtype),
-            "tokenizer": str(tokenizer.name_or_path), "folders": sorted(models)}
+            "tokenizer": str(tokenizer.name_or_path), "folders": sorted(models),
+            "started_from": {part: start for part, start in (
+                ("discriminator", cfg.model.init_from), ("generator", cfg.generator.init_from))
+                if start and part in models}}
     with staged_output_dir(out) as tmp:
         for part, model in models.items():
             model.save_pretrained(tmp / part, safe_serialization=True)
@@ -164,10 +168,14 @@ def _load_part(part: str, state: dict[str, torch.Tensor], cfg: RunConfig, *, voc
     """A freshly built HF model of `part` holding that part's weights from `state`."""
     from fast_electra_ds.method.models import build_discriminator, build_generator
 
+    # built from the shapes alone: a run started from init_from has that checkpoint's shapes in
+    # its config, and its weights are in `state`; the starting point is not read again
+    model_cfg = dataclasses.replace(cfg.model, init_from="")
     if part == "discriminator":
-        model = build_discriminator(cfg.model, vocab_size=vocab_size, pad_id=pad_id)
+        model = build_discriminator(model_cfg, vocab_size=vocab_size, pad_id=pad_id)
     else:
-        model = build_generator(cfg.generator, cfg.model, vocab_size=vocab_size, pad_id=pad_id)
+        model = build_generator(dataclasses.replace(cfg.generator, init_from=""), model_cfg,
+                                vocab_size=vocab_size, pad_id=pad_id)
     prefix = f"{part}."
     weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     try:

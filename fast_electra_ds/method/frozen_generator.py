@@ -13,11 +13,8 @@ from torch import nn
 from fast_electra_ds.data.masking import MaskedBatch
 from fast_electra_ds.errors import UserError
 from fast_electra_ds.method.mlm_head import masked_logits, mlm_head, unwrap
+from fast_electra_ds.method.pretrained import check_tokenizer, resolve_source
 from fast_electra_ds.method.sampling import corrupt
-
-# Files whose presence in a model folder means it carries a tokenizer to check against the data.
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json",
-                    "spiece.model", "sentencepiece.bpe.model")
 
 
 
@@ -148,24 +145,11 @@ def load_masked_lm(path_or_hub_id: str, *, vocab_size: int, special_ids: Mapping
                    attn_implementation: str = "sdpa") -> tuple[nn.Module, str]:
     """A HF masked LM checked against the data (vocabulary, special tokens, tokenizer), frozen,
     fp32 on CPU, and where it came from. `what` names the setting in error messages."""
-    source = _resolve_source(path_or_hub_id, what)
+    source = resolve_source(path_or_hub_id, what)
     _read_config(source, vocab_size=vocab_size, what=what)  # cheap checks before any weights
-    _check_tokenizer(source, vocab_size=vocab_size, special_ids=special_ids, vocab=vocab,
+    check_tokenizer(source, vocab_size=vocab_size, special_ids=special_ids, vocab=vocab,
                      logger=logger, what=what)
     return _load_frozen(source, what, attn_implementation=attn_implementation), source
-
-
-def _resolve_source(path_or_hub_id: str, what: str = "generator.path") -> str:
-    path = Path(path_or_hub_id).expanduser()
-    if path.is_dir():
-        return str(path)
-    if path.exists():
-        raise UserError(f"{what}: {path_or_hub_id} is a file; it must be the folder "
-                        f"written by save_pretrained (config.json + weights)")
-    if path_or_hub_id.startswith((".", "/", "~")):
-        raise UserError(f"{what}: {path_or_hub_id} does not exist; point it at a masked-LM "
-                        f"folder (e.g. the exported generator of a mode=mlm run)")
-    return path_or_hub_id  # a hub id
 
 
 def _read_config(source: str, *, vocab_size: int, what: str = "generator.path"):
@@ -188,46 +172,6 @@ def _read_config(source: str, *, vocab_size: int, what: str = "generator.path"):
                         f"but the data has {vocab_size}: the generator must use the data's "
                         f"tokenizer (prepare the data with it, or train a generator with mode=mlm)")
     return config
-
-
-def _check_tokenizer(source: str, *, vocab_size: int, special_ids: Mapping[str, int | None],
-                     vocab: Mapping[str, int] | None, logger: Callable[[str], None],
-                     what: str = "generator.path") -> None:
-    """UserError if the generator's own tokenizer (when it ships one) disagrees with the data."""
-    from transformers import AutoTokenizer
-
-    local = Path(source).is_dir()
-    if local and not any((Path(source) / f).exists() for f in _TOKENIZER_FILES):
-        logger(f"generator: {source} has no tokenizer files; trusting that its vocabulary is the "
-               f"data's (only the vocab size is checked)")
-        return
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError) as e:
-        if local:
-            raise UserError(f"{what}: {source} has tokenizer files that do not load "
-                            f"({e}); fix or remove them") from None
-        logger(f"generator: no tokenizer found for {source}; only the vocab size is checked")
-        return
-    problems = []
-    if len(tokenizer) != vocab_size:
-        problems.append(f"its tokenizer has {len(tokenizer)} tokens, the data's {vocab_size}")
-    for name, data_id in special_ids.items():
-        gen_id = getattr(tokenizer, f"{name}_token_id", None)
-        # a token the data lacks (None, e.g. no [UNK] in a byte-level vocabulary) never occurs in
-        # it, so the generator's id for it cannot clash
-        if data_id is not None and gen_id != data_id:
-            problems.append(f"[{name.upper()}] is id {gen_id} there, {data_id} in the data")
-    if vocab is not None:
-        gen_vocab = tokenizer.get_vocab()
-        differ = sorted(t for t in set(vocab) | set(gen_vocab) if vocab.get(t) != gen_vocab.get(t))
-        if differ:
-            problems.append(f"{len(differ)} tokens have different ids (e.g. "
-                            f"{', '.join(repr(t) for t in differ[:5])})")
-    if problems:
-        raise UserError(f"{what}: {source} was trained with another tokenizer than the "
-                        "data: " + "; ".join(problems) + ". Prepare the data with the "
-                        "model's tokenizer, or use a model trained with this tokenizer")
 
 
 def _load_frozen(source: str, what: str = "generator.path", *,

@@ -17,12 +17,21 @@ from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTrainin
 
 from fast_electra_ds.config import GeneratorConfig, ModelConfig
 from fast_electra_ds.errors import UserError
+from fast_electra_ds.method.pretrained import load_pretrained, resolve_source
 
 
 def build_discriminator(model_cfg: ModelConfig, *, vocab_size: int, pad_id: int,
-                        attn_implementation: str = "sdpa") -> ElectraForPreTraining:
-    """A freshly initialized discriminator whose shape is given by `model_cfg`;
-    attn_implementation: a resolved one (`resolve_attention`), not auto."""
+                        attn_implementation: str = "sdpa",
+                        log: Callable[[str], None] = print) -> ElectraForPreTraining:
+    """A freshly initialized discriminator whose shape is given by `model_cfg`, or, with
+    model.init_from, the checkpoint there (already checked by pretrained.init_from_shapes) with
+    the config's dropout; attn_implementation: a resolved one (`resolve_attention`), not auto."""
+    if model_cfg.init_from:
+        return load_pretrained(
+            ElectraForPreTraining, resolve_source(model_cfg.init_from, "model.init_from"),
+            "model.init_from", fresh_ok=("discriminator_predictions",), log=log,
+            attn_implementation=attn_implementation, hidden_dropout_prob=model_cfg.hidden_dropout,
+            attention_probs_dropout_prob=model_cfg.attention_dropout)
     config = ElectraConfig(
         vocab_size=vocab_size,
         embedding_size=model_cfg.embedding_size,
@@ -41,13 +50,21 @@ def build_discriminator(model_cfg: ModelConfig, *, vocab_size: int, pad_id: int,
 
 
 def build_generator(gen_cfg: GeneratorConfig, model_cfg: ModelConfig, *, vocab_size: int,
-                    pad_id: int, attn_implementation: str = "sdpa") -> ElectraForMaskedLM:
-    """A freshly initialized masked-LM generator (mode=electra/mlm) of shape `gen_cfg`.
+                    pad_id: int, attn_implementation: str = "sdpa",
+                    log: Callable[[str], None] = print) -> ElectraForMaskedLM:
+    """A freshly initialized masked-LM generator (mode=electra/mlm) of shape `gen_cfg`, or the
+    one generator.init_from names (checked by pretrained.init_from_shapes).
 
     Embedding size, position limit and dropout come from the discriminator's `model_cfg`, so that
     mode=electra can share the embedding tables (see `tie_embeddings`) and both models train with
     the same regularization; the output layer is tied to the word embeddings, as in ELECTRA.
     """
+    if gen_cfg.init_from:
+        return load_pretrained(
+            ElectraForMaskedLM, resolve_source(gen_cfg.init_from, "generator.init_from"),
+            "generator.init_from", fresh_ok=(), log=log, attn_implementation=attn_implementation,
+            hidden_dropout_prob=model_cfg.hidden_dropout,
+            attention_probs_dropout_prob=model_cfg.attention_dropout)
     embedding_size = model_cfg.embedding_size
     max_position_embeddings = model_cfg.max_position_embeddings
     hidden_dropout, attention_dropout = model_cfg.hidden_dropout, model_cfg.attention_dropout

@@ -90,11 +90,12 @@ class Mode(ABC):
     def _discriminator(self) -> nn.Module:
         return build_discriminator(self.cfg.model, vocab_size=self.vocab_size,
                                    pad_id=self.special_ids["pad"],
-                                   attn_implementation=self.attention)
+                                   attn_implementation=self.attention, log=self.log)
 
     def _generator(self) -> nn.Module:
         return build_generator(self.cfg.generator, self.cfg.model, vocab_size=self.vocab_size,
-                               pad_id=self.special_ids["pad"], attn_implementation=self.attention)
+                               pad_id=self.special_ids["pad"], attn_implementation=self.attention,
+                               log=self.log)
 
     def generator_shape(self) -> flops.Encoder:
         return flops.Encoder.generator(self.cfg.generator, self.cfg.model.embedding_size)
@@ -165,6 +166,9 @@ class FastElectra(Mode):
         elif check_files and names_a_folder(g.path) and not Path(g.path).expanduser().is_dir():
             out.append(f"generator.path: {g.path} is not a directory; train a generator first "
                        f"(mode=mlm writes RUN_DIR/generator) or point to a HF masked-LM folder")
+        if g.init_from:
+            out.append("generator.init_from starts a generator that trains (mode=electra/mlm); "
+                       "mode=fast-electra's generator is frozen: name it with generator.path")
         return out
 
     def build(self) -> nn.Module:
@@ -254,7 +258,11 @@ class MaskedLM(Mode):
     @classmethod
     def config_problems(cls, cfg: RunConfig, *, check_files: bool) -> list[str]:
         # no replacements to judge: eval.judge is not read, so its folder is not checked
-        return super().config_problems(cfg, check_files=False)
+        out = super().config_problems(cfg, check_files=False)
+        if cfg.model.init_from:
+            out.append("model.init_from starts a discriminator, which mode=mlm does not train; "
+                       "to continue a masked LM use generator.init_from")
+        return out
 
     def build(self) -> nn.Module:
         return MLMObjective(self._generator())

@@ -24,9 +24,11 @@ from fast_electra_ds.config import SELF_JUDGE, RunConfig
 from fast_electra_ds.errors import UserError
 from fast_electra_ds.data.loader import DataInfo, build_loader, open_datasets
 from fast_electra_ds.data.masking import Masker
+from fast_electra_ds.data.tokenizer import load_tokenizer
 from fast_electra_ds.method.frozen_generator import FrozenGenerator
 from fast_electra_ds.method.kernel_switch import resolve_kernels
 from fast_electra_ds.method.models import resolve_attention
+from fast_electra_ds.method.pretrained import init_from_shapes
 from fast_electra_ds.method.modes import Mode, mode_class
 from fast_electra_ds.training import checkpoint, evaluation
 from fast_electra_ds.training.ds_config import (load_ds_config, precision, resolve_ds_config,
@@ -67,6 +69,11 @@ def _pretrain(cfg: RunConfig, env: DistEnv) -> PretrainResult:
     ds = resolve_ds_config(load_ds_config(cfg.ds_config), cfg, world_size=env.world_size,
                            device=env.device.type)
     vocab_size, special = data_info.vocab_size, data_info.special_token_ids
+
+    # ---- released checkpoints to start from: checked against the data, their shapes taken ----
+    if cfg.model.init_from or cfg.generator.init_from:
+        init_from_shapes(cfg, vocab_size=vocab_size, special_ids=special,
+                         vocab=load_tokenizer(data_info.tokenizer).get_vocab(), log=log)
 
     # ---- what to resume from: decided and validated before anything is built or written ------
     data_record = checkpoint.data_record(cfg.data.paths, cfg.data.weights)

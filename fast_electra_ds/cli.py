@@ -42,7 +42,8 @@ def _prepare_data(args: argparse.Namespace) -> None:
         max_seq_len = load_config(args.config).model.max_position_embeddings
     manifest = prepare_data(args.input, tokenizer=args.tokenizer, seq_len=args.seq_len,
                             output=args.output, valid_fraction=args.valid_fraction,
-                            num_proc=args.num_proc, text_key=args.text_key, errors=args.errors,
+                            num_proc=args.num_proc, text_key=args.text_key, split=args.split,
+                            errors=args.errors,
                             overwrite=args.overwrite, seed=args.seed, max_seq_len=max_seq_len)
     for split, stats in manifest["splits"].items():
         print(f"{split}: {stats['num_sequences']} sequences, {stats['num_tokens']} tokens, "
@@ -148,11 +149,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_train_tokenizer)
 
     p = sub.add_parser("prepare-data", help="tokenize and pack a corpus into indexed datasets",
-                       description="Read text, JSON lines or parquet through `datasets`, "
-                                   "tokenize, pack into [CLS] ... [SEP] sequences from one "
-                                   "document each, and write megatron-core indexed datasets "
-                                   "(train and valid splits) plus manifest.json into OUTPUT.")
-    p.add_argument("--input", nargs="+", required=True, metavar="FILE_OR_GLOB")
+                       description="Read text, JSON lines or parquet files, a dataset saved "
+                                   "with save_to_disk, a folder of parquet / JSON shards, or a "
+                                   "hub dataset (streamed) through `datasets`, tokenize, pack "
+                                   "into [CLS] A [SEP] B [SEP] examples from one document each, "
+                                   "and write megatron-core indexed datasets (train and valid "
+                                   "splits) plus manifest.json into OUTPUT.")
+    p.add_argument("--input", nargs="+", required=True, metavar="FILE_GLOB_DIR_OR_HUB_ID",
+                   help="text / .jsonl / .json / .parquet files or globs, save_to_disk folders, "
+                        "shard folders, or hub dataset ids (org/name)")
     p.add_argument("--tokenizer", required=True, metavar="DIR_OR_HUB_ID")
     p.add_argument("--seq-len", type=int, required=True, metavar="N")
     p.add_argument("--output", required=True, metavar="PREFIX",
@@ -163,7 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-proc", type=int, default=1, metavar="N",
                    help="tokenizer processes (default 1)")
     p.add_argument("--text-key", default="text", metavar="KEY",
-                   help="field holding the text in JSON lines / parquet (default: text)")
+                   help="field holding the text in JSON lines / parquet / datasets (default: "
+                        "text)")
+    p.add_argument("--split", default="train", metavar="SPLIT",
+                   help="split of a hub dataset or a saved DatasetDict (default: train)")
     p.add_argument("--errors", choices=("strict", "skip"), default="strict",
                    help="on a line that is not UTF-8: stop (strict, default) or skip it and "
                         "report the count")

@@ -94,7 +94,7 @@ def test_manifest(tiny_dataset, tiny_tokenizer, tiny_corpus):
     assert m["tokenizer_fingerprint"] == tokenizer_fingerprint(tok)
     assert m["vocab_size"] == len(tok) and m["dtype"] == "uint16" and m["seq_len"] == TINY_SEQ_LEN
     assert m["special_token_ids"] == {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
-    assert m["sources"] == [{"path": str(tiny_corpus.resolve()),
+    assert m["sources"] == [{"path": str(tiny_corpus.resolve()), "kind": "text",
                              "size_bytes": tiny_corpus.stat().st_size}]
     assert m["skipped_lines"] == 0 and m["created_at"] and m["package_version"]
     for split in ("train", "valid"):
@@ -351,7 +351,9 @@ def test_cli_bad_input_files(tmp_path, tiny_tokenizer, case):
         "missing": (str(tmp_path / "absent.txt"), "absent.txt does not exist"),
         "empty": (str(tmp_path / "empty.txt"), "empty.txt is empty"),
         "glob": (str(tmp_path / "*.jsonl"), "matches no file"),
-        "directory": (str(tmp_path / "folder"), "is a directory; pass its files or a glob"),
+        "directory": (str(tmp_path / "folder"), "is a directory that is neither a dataset "
+                      "saved with save_to_disk nor a folder of .parquet / .jsonl / .json shards; "
+                      "pass its files or a glob"),
     }[case]
     done = cli("--input", arg, "--tokenizer", str(tiny_tokenizer), "--seq-len", "64",
                "--output", str(tmp_path / "ds"))
@@ -447,3 +449,81 @@ def test_read_manifest_errors(tmp_path, copy_dataset):
     (ds / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(UserError, match="format version 99"):
         read_manifest(ds)
+
+
+# --------------------------------------------------------------------------------------------
+# corpora in the `datasets` ecosystem: save_to_disk folders, shard folders, hub ids
+
+RECORDS = {"body": ["first record\nits second line", "second record", None, "third record",
+                    "fourth\n\nrecord"], "id": [1, 2, 3, 4, 5]}
+RECORD_DOCS = [["first record", "its second line"], ["second record"], ["third record"],
+               ["fourth", "", "record"]]
+
+
+def _stored_ids(out: Path, tok) -> list[list[int]]:
+    specials = {tok.cls_token_id, tok.sep_token_id}
+    return [[int(t) for s in doc for t in s if int(t) not in specials]
+            for doc in stored_documents(out / "train")]
+
+
+def test_a_dataset_saved_to_disk_is_read_like_its_records(tmp_path, tiny_tokenizer):
+    from datasets import Dataset, DatasetDict
+
+    tok = load_tokenizer(str(tiny_tokenizer))
+    saved = tmp_path / "saved"
+    Dataset.from_dict(RECORDS).save_to_disk(str(saved))
+    m = prepare_data([str(saved)], tokenizer=str(tiny_tokenizer), seq_len=16,
+                     output=str(tmp_path / "ds"), valid_fraction=0.0, text_key="body")
+    assert _stored_ids(tmp_path / "ds", tok) == [direct_ids(tok, d) for d in RECORD_DOCS]
+    assert m["sources"][0]["kind"] == "disk" and m["sources"][0]["path"] == str(saved.resolve())
+
+    # a DatasetDict: the split named by --split
+    split = tmp_path / "split"
+    DatasetDict({"train": Dataset.from_dict({"body": ["not this one"]}),
+                 "test": Dataset.from_dict(RECORDS)}).save_to_disk(str(split))
+    prepare_data([str(split)], tokenizer=str(tiny_tokenizer), seq_len=16,
+                 output=str(tmp_path / "ds2"), valid_fraction=0.0, text_key="body",
+                 split="test")
+    assert _stored_ids(tmp_path / "ds2", tok) == [direct_ids(tok, d) for d in RECORD_DOCS]
+    with pytest.raises(UserError, match=r"holds the splits train, test, not 'valid'; pass "
+                                        r"--split"):
+        prepare_data([str(split)], tokenizer=str(tiny_tokenizer), seq_len=16,
+                     output=str(tmp_path / "ds3"), text_key="body", split="valid")
+    # the same error for a missing field as for files
+    with pytest.raises(UserError, match=r"no field 'text' \(fields: body, id\); pass --text-key"):
+        prepare_data([str(saved)], tokenizer=str(tiny_tokenizer), seq_len=16,
+                     output=str(tmp_path / "ds4"))
+    assert not (tmp_path / "ds3").exists() and not (tmp_path / "ds4").exists()
+
+
+def test_a_folder_of_shards_is_read_in_name_order(tmp_path, tiny_tokenizer):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    pq.write_table(pa.table({"body": RECORDS["body"][:3]}), shards / "part-0.parquet")
+    with open(shards / "part-1.jsonl", "w") as f:
+        for text in RECORDS["body"][3:]:
+            f.write(json.dumps({"body": text}) + "\n")
+    (shards / "README.md").write_text("not a shard\n")
+    m = prepare_data([str(shards)], tokenizer=str(tiny_tokenizer), seq_len=16,
+                     output=str(tmp_path / "ds"), valid_fraction=0.0, text_key="body")
+    tok = load_tokenizer(str(tiny_tokenizer))
+    assert _stored_ids(tmp_path / "ds", tok) == [direct_ids(tok, d) for d in RECORD_DOCS]
+    assert [Path(s["path"]).name for s in m["sources"]] == ["part-0.parquet", "part-1.jsonl"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="neither a dataset saved with save_to_disk nor a folder"):
+        prepare_data([str(tmp_path / "empty")], tokenizer=str(tiny_tokenizer), seq_len=16,
+                     output=str(tmp_path / "ds2"))
+
+
+def test_a_hub_dataset_without_network_is_a_clear_error(tmp_path, tiny_tokenizer):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "fast_electra_ds", "prepare-data", "--input",
+         "no-such-org/no-such-corpus", "--split", "train", "--tokenizer", str(tiny_tokenizer),
+         "--seq-len", "16", "--output", str(tmp_path / "ds")], capture_output=True, text=True,
+        timeout=300, env=env)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "--input no-such-org/no-such-corpus: not a file or folder here, and the hub dataset " \
+           "'no-such-org/no-such-corpus' (split 'train') cannot be read" in proc.stderr
+    assert "save_to_disk" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "ds").exists()

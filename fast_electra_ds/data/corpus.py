@@ -1,11 +1,15 @@
 """Reading a corpus as a stream of documents, and writing output folders atomically.
 
-Inputs are files or globs. The `datasets` builder is chosen by extension:
+Inputs are files or globs, folders, or hub ids. A file's `datasets` builder is chosen by extension:
     .json / .jsonl  -> "json":    one record per document, its `text_key` field, split on "\\n"
     .parquet        -> "parquet": the same
     anything else   -> "text":    a document is a run of non-blank lines; blank lines separate them
-Files are read one at a time, in the order given (globs expand sorted), with `streaming=True`, so a
-document never spans two files and memory holds one batch of lines, never the corpus.
+A folder is a dataset written by `save_to_disk` ("disk": a Dataset, or a DatasetDict whose
+`split` is read), or else a folder of .parquet / .jsonl / .json shards (each read as above, sorted).
+A name that is not a path, like "org/name" or "wikitext", is a dataset on the HF hub ("hub"),
+streamed: its `split`, one record per document, `text_key`. Everything is read with
+`streaming=True` (a saved dataset by memory map), one source at a time in the order given, so a
+document never spans two sources and memory holds one batch of records, never the corpus.
 
 UTF-8: before anything is read, each text / JSON file gets a streaming binary scan. With
 errors="strict" the first invalid byte is a UserError naming the file, byte offset and line. With
@@ -38,15 +42,33 @@ _READ_CHUNK_BYTES = 1 << 20  # see _stream
 
 @dataclass(frozen=True)
 class Source:
-    """One input file."""
+    """One input: a file, a saved dataset folder, or a hub dataset."""
 
-    path: Path
-    builder: str  # "text" | "json" | "parquet": the `datasets` packaged builder that reads it
-    size_bytes: int
+    path: Path  # for "hub", the dataset id as a relative path
+    builder: str  # "text" | "json" | "parquet" (packaged builders) | "disk" | "hub"
+    size_bytes: int  # 0 for "hub"
+
+    @property
+    def location(self) -> str:
+        """What the manifest records: the resolved path, or the hub id."""
+        return str(self.path) if self.builder == "hub" else str(self.path.resolve())
+
+
+# save_to_disk writes these: a Dataset's state.json + dataset_info.json, a DatasetDict's
+# dataset_dict.json
+_SAVED_DATASET_FILES = ("state.json", "dataset_dict.json")
+
+
+def _looks_like_hub_id(item: str) -> bool:
+    """"org/name" or "name": no path syntax, and nothing by that name on disk up to its parent."""
+    path = Path(item)
+    return (not path.exists() and item.count("/") <= 1 and not item.startswith((".", "/", "~"))
+            and not path.suffix and (item.count("/") == 0 or not path.parent.exists()))
 
 
 def resolve_inputs(inputs: Sequence[str]) -> list[Source]:
-    """Files and globs -> existing, non-empty files in the given order (each glob sorted)."""
+    """Files, globs, folders and hub ids -> sources in the given order (each glob and shard
+    folder sorted); files must exist and be non-empty."""
     if not inputs:
         raise UserError("no input given: pass --input FILE_OR_GLOB ...")
     sources: list[Source] = []
@@ -60,11 +82,24 @@ def resolve_inputs(inputs: Sequence[str]) -> list[Source]:
         else:
             path = Path(item)
             if path.is_dir():
-                raise UserError(f"input {item} is a directory; pass its files or a glob such as "
-                                f"'{path / '*.txt'}'")
-            if not path.is_file():
+                if any((path / f).is_file() for f in _SAVED_DATASET_FILES):
+                    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+                    sources.append(Source(path=path, builder="disk", size_bytes=size))
+                    continue
+                files = sorted(f for f in path.iterdir()
+                               if f.is_file() and f.suffix.lower() in _BUILDER_BY_SUFFIX)
+                if not files:
+                    raise UserError(
+                        f"input {item} is a directory that is neither a dataset saved with "
+                        f"save_to_disk nor a folder of .parquet / .jsonl / .json shards; pass its "
+                        f"files or a glob such as '{path / '*.txt'}'")
+            elif _looks_like_hub_id(item):
+                sources.append(Source(path=path, builder="hub", size_bytes=0))
+                continue
+            elif not path.is_file():
                 raise UserError(f"input file {item} does not exist; check the path")
-            files = [path]
+            else:
+                files = [path]
         for path in files:
             size = path.stat().st_size
             if size == 0:
@@ -120,15 +155,17 @@ class Corpus:
     and JSON files are UTF-8 (errors="strict") and JSON / parquet records hold `text_key`.
     """
 
-    def __init__(self, inputs: Sequence[str], *, text_key: str = "text", errors: str = "strict"):
+    def __init__(self, inputs: Sequence[str], *, text_key: str = "text", errors: str = "strict",
+                 split: str = "train"):
         if errors not in ("strict", "skip"):
             raise UserError(f"errors must be 'strict' or 'skip', got {errors!r}")
         self.sources = resolve_inputs(inputs)
         self.text_key = text_key
+        self.split = split  # of a hub dataset, or of a saved DatasetDict
         self.num_skipped_lines = 0
         self._needs_cleaning: set[Path] = set()
         for src in self.sources:
-            if src.builder == "parquet":
+            if src.builder in ("parquet", "disk", "hub"):  # Arrow strings are UTF-8
                 continue
             bad = find_invalid_utf8(src.path)
             if bad is None:
@@ -171,7 +208,7 @@ class Corpus:
         if builder == "text":
             yield from _text_documents(_stream(path, "text"))
             return
-        for batch in _stream(path, builder):
+        for batch in _stream(path, builder, self.split):
             for text in batch[self.text_key]:
                 if text is None:
                     continue
@@ -184,7 +221,7 @@ class Corpus:
                     yield lines
 
     def _check_text_key(self, path: Path, builder: str, shown_as: Path | None = None) -> None:
-        first = next(iter(_stream(path, builder)), None)
+        first = next(iter(_stream(path, builder, self.split)), None)
         if first is None:
             raise UserError(f"{shown_as or path} holds no records; remove it from --input")
         if self.text_key not in first:
@@ -193,9 +230,49 @@ class Corpus:
                             f"field that holds the text")
 
 
-def _stream(path: Path, builder: str) -> Iterator[dict[str, list]]:
-    """Batches (column -> list of values) of one file through a streaming `datasets` builder."""
+def _saved_dataset(path: Path, split: str):
+    """The Dataset saved at `path` (a DatasetDict's `split`), memory-mapped."""
+    from datasets import DatasetDict, load_from_disk
+
+    try:
+        ds = load_from_disk(str(path))
+    except (OSError, ValueError, FileNotFoundError) as e:
+        raise UserError(f"{path} cannot be read as a dataset saved with save_to_disk ({e})") \
+            from None
+    if isinstance(ds, DatasetDict):
+        if split not in ds:
+            raise UserError(f"{path} holds the splits {', '.join(ds)}, not {split!r}; pass "
+                            f"--split with one of them")
+        ds = ds[split]
+    return ds
+
+
+def _hub_dataset(name: str, split: str):
+    """A streaming view of hub dataset `name`'s `split`; a clear error where the hub (or the
+    dataset, or the split) cannot be reached."""
+    from datasets import load_dataset
+
+    try:
+        return load_dataset(name, split=split, streaming=True)
+    except Exception as e:  # noqa: BLE001 (connection, not found, offline mode, bad split...)
+        raise UserError(
+            f"--input {name}: not a file or folder here, and the hub dataset {name!r} (split "
+            f"{split!r}) cannot be read: {type(e).__name__}: {str(e)[:300]}. Check the name and "
+            f"--split; without network, save it elsewhere with datasets' save_to_disk and pass "
+            f"that folder") from None
+
+
+def _stream(path: Path, builder: str, split: str = "train") -> Iterator[dict[str, list]]:
+    """Batches (column -> list of values) of one source through a streaming `datasets` reader."""
     from datasets import load_dataset  # imported here: it takes ~1 s and only reading needs it
+
+    if builder in ("disk", "hub"):
+        ds = _saved_dataset(path, split) if builder == "disk" else _hub_dataset(str(path), split)
+        try:
+            yield from ds.iter(batch_size=_BATCH_ROWS)
+        except (OSError, ConnectionError) as e:
+            raise UserError(f"reading {path} failed part-way: {e}") from None
+        return
 
     # text and json read the file in `chunksize` pieces (10 MB by default), each held as a string,
     # its lines and an Arrow table at once: 1 MiB keeps that transient small

@@ -66,6 +66,7 @@ Piece = tuple[int, list[str], bool]
 
 def prepare_data(inputs: Sequence[str], *, tokenizer: str, seq_len: int, output: str,
                  valid_fraction: float = 0.01, num_proc: int = 1, text_key: str = "text",
+                 split: str = "train",
                  errors: str = "strict", overwrite: bool = False, seed: int = 1234,
                  max_seq_len: int | None = None) -> dict:
     """Tokenize and pack `inputs` into OUTPUT (see the module docstring); returns the manifest.
@@ -86,8 +87,8 @@ def prepare_data(inputs: Sequence[str], *, tokenizer: str, seq_len: int, output:
         raise UserError(f"--num-proc must be >= 1, got {num_proc}")
     out = Path(output)
     check_output_dir(out, overwrite=overwrite, marker=MANIFEST,
-                     inputs=[s.path for s in resolve_inputs(inputs)])
-    corpus = Corpus(inputs, text_key=text_key, errors=errors)
+                     inputs=[s.path for s in resolve_inputs(inputs) if s.builder != "hub"])
+    corpus = Corpus(inputs, text_key=text_key, errors=errors, split=split)
     tok = load_tokenizer(tokenizer)
     # workers and later readers load the very same folder, wherever they run from
     tokenizer_ref = str(Path(tokenizer).expanduser().resolve()) \
@@ -120,8 +121,9 @@ def prepare_data(inputs: Sequence[str], *, tokenizer: str, seq_len: int, output:
             "text_key": text_key,
             "splits": {split: _split_stats(w, seq_len) for split, w in writers.items()},
             "valid_held_out": held_out if valid_fraction > 0 else "nothing (--valid-fraction 0)",
-            "sources": [{"path": str(s.path.resolve()), "size_bytes": s.size_bytes}
+            "sources": [{"path": s.location, "kind": s.builder, "size_bytes": s.size_bytes}
                         for s in corpus.sources],
+            "split_read": split,
             "skipped_lines": corpus.num_skipped_lines,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

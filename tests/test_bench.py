@@ -209,7 +209,7 @@ def test_disc_only_replaces_the_masked_positions(tmp_path):
     mode = DiscOnly(cfg, vocab_size=VOCAB, special_ids=SPECIAL_IDS, device=torch.device("cpu"))
     batch = _masked_batch()
     torch.manual_seed(0)
-    inputs, outside = mode.engine_inputs(batch, mode.temperature(0, cfg.train.steps))
+    inputs, outside = mode.engine_inputs(batch, mode.temperature(0.0))
     assert outside == {}
     changed = inputs["corrupted_ids"] != batch.input_ids  # [B, L]
     selected = torch.zeros_like(changed).scatter_(1, batch.positions, True)  # [B, L]

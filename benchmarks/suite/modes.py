@@ -129,7 +129,7 @@ def build_mode(name: str, spec: Spec, env: DistEnv) -> BenchMode:
         engine.compile()
     # the curriculum's first temperature (joint mode: its constant one); the cost does not
     # depend on T
-    temperature = mode.temperature(0, cfg.train.steps)
+    temperature = mode.temperature(0.0)
 
     def inputs(batch: MaskedBatch) -> dict:
         engine_kwargs, _ = mode.engine_inputs(batch, temperature)

@@ -71,7 +71,19 @@ def problems(cfg: RunConfig, check_files: bool) -> list[str]:
     need(o.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {o.warmup_steps}")
     need(o.grad_clip >= 0, f"optim.grad_clip must be >= 0, got {o.grad_clip}")
 
-    need(tr.steps >= 1, f"train.steps must be >= 1, got {tr.steps}")
+    budgets = [name for name, v in (("train.budget_minutes", tr.budget_minutes),
+                                    ("train.budget_flops", tr.budget_flops)) if v]
+    need(tr.budget_minutes >= 0 and tr.budget_flops >= 0,
+         "train.budget_minutes and train.budget_flops must be >= 0")
+    need(len(budgets) <= 1, "train.budget_minutes and train.budget_flops are both set: a run is "
+                            "as long as one budget; keep one")
+    if budgets:
+        need(tr.steps == 0, f"{budgets[0]} is set together with train.steps={tr.steps}: a run is "
+                            f"as long as its steps or its budget, not both; set train.steps=0 to "
+                            f"train by the budget, or drop {budgets[0]}")
+    else:
+        need(tr.steps >= 1, f"train.steps must be >= 1 (or 0 with train.budget_minutes or "
+                            f"train.budget_flops), got {tr.steps}")
     need(tr.micro_batch_size >= 1, f"train.micro_batch_size must be >= 1, got "
                                    f"{tr.micro_batch_size}")
     need(tr.global_batch_size >= tr.micro_batch_size and

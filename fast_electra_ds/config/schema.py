@@ -172,7 +172,15 @@ class TrainConfig:
     """Length, batch and loss weights of the run."""
 
     steps: int = 1_000_000
-    """Optimizer steps in the whole run (the temperature's u is step / steps)."""
+    """Optimizer steps in the whole run (the temperature's u is step / steps). 0: the run is as
+    long as a budget instead (budget_minutes or budget_flops)."""
+    budget_minutes: float = 0.0
+    """Train for this many minutes of training steps (evaluation and checkpoints not counted)
+    instead of a step count: the LR decay and the temperature follow the fraction of the budget
+    spent, and the run stops with a committed checkpoint when it is spent. Needs steps=0."""
+    budget_flops: float = 0.0
+    """Train for this many FLOPs of our count (method/flops.py; the learning curves' FLOPs
+    axis) instead of a step count, as budget_minutes does. Needs steps=0."""
     global_batch_size: int = 128
     """Sequences per optimizer step, over all ranks and accumulation steps."""
     micro_batch_size: int = 128

@@ -34,7 +34,7 @@ from fast_electra_ds.method import flops
 from fast_electra_ds.method.frozen_generator import FrozenGenerator
 from fast_electra_ds.method.models import build_discriminator, build_generator
 from fast_electra_ds.method.objectives import ElectraObjective, FastElectraObjective, MLMObjective
-from fast_electra_ds.method.temperature import temperature
+from fast_electra_ds.method.temperature import temperature_at
 
 
 @dataclass
@@ -121,9 +121,9 @@ class Mode(ABC):
 
     # ---- one micro-batch ---------------------------------------------------------------------
 
-    def temperature(self, step: int, total_steps: int) -> float:
-        """The sampling temperature of optimizer step `step` (0-based)."""
-        return temperature(self.cfg.temperature, step, total_steps)
+    def temperature(self, u: float) -> float:
+        """The sampling temperature at the fraction u of training done (training/progress.py)."""
+        return temperature_at(self.cfg.temperature, u)
 
     @abstractmethod
     def engine_inputs(self, batch: MaskedBatch, temp: float
@@ -224,7 +224,7 @@ class Electra(Mode):
     def _sequence_flops(self) -> int:
         return self._discriminator_flops() + flops.TRAINED * self._generator_flops()
 
-    def temperature(self, step: int, total_steps: int) -> float:
+    def temperature(self, u: float) -> float:
         return self.cfg.temperature.joint_t  # ELECTRA samples at a constant T
 
     def engine_inputs(self, batch: MaskedBatch, temp: float

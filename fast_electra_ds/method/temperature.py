@@ -20,7 +20,12 @@ from fast_electra_ds.config import TemperatureConfig
 
 def temperature(cfg: TemperatureConfig, step: int, total_steps: int) -> float:
     """T at optimizer step `step` (0-based) of `total_steps`."""
-    u = min(max(step / total_steps, 0.0), 1.0)
+    return temperature_at(cfg, step / total_steps)
+
+
+def temperature_at(cfg: TemperatureConfig, u: float) -> float:
+    """T at the fraction u of training done (steps, or a budget: training/progress.py)."""
+    u = min(max(u, 0.0), 1.0)
     if cfg.schedule == "exponential":
         return 1.0 + (cfg.t0 - 1.0) * math.exp(-u / cfg.tau)
     if cfg.schedule == "linear":

@@ -59,7 +59,8 @@ UNIVERSAL = "universal"
 _MUST_MATCH = ("mode", "model", "data.seq_len")
 _GENERATOR_SHAPE = ("generator.num_layers", "generator.hidden_size", "generator.num_heads",
                     "generator.intermediate_size")
-_WARN_IF_CHANGED = ("optim", "train.global_batch_size", "train.steps", "temperature",
+_WARN_IF_CHANGED = ("optim", "train.global_batch_size", "train.steps", "train.budget_minutes",
+                    "train.budget_flops", "temperature",
                     "masking", "seed")
 
 

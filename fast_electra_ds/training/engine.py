@@ -134,13 +134,19 @@ def warmup_linear_decay(optimizer: torch.optim.Optimizer, warmup_steps: int,
 
 
 def build_engine(module: torch.nn.Module, cfg: RunConfig, ds: dict[str, Any],
-                 env: DistEnv):
-    """deepspeed.initialize on the trainable module. Returns (engine, optimizer name)."""
+                 env: DistEnv, progress=None):
+    """deepspeed.initialize on the trainable module. Returns (engine, optimizer name).
+    progress: a budgeted run's training.progress.Progress, whose u the LR decay follows."""
     import deepspeed
 
     module.to(env.device)
     optimizer, name = build_optimizer(module, cfg.optim, ds, env.device)
-    scheduler = warmup_linear_decay(optimizer, cfg.optim.warmup_steps, cfg.train.steps)
+    if progress is not None and progress.budgeted:
+        from fast_electra_ds.training.progress import warmup_then_decay
+
+        scheduler = warmup_then_decay(optimizer, cfg.optim.warmup_steps, progress)
+    else:
+        scheduler = warmup_linear_decay(optimizer, cfg.optim.warmup_steps, cfg.train.steps)
     engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer,
                                            lr_scheduler=scheduler, config=ds)
     return engine, name

@@ -68,7 +68,7 @@ class MetricsLogger:
         if cfg.logging.progress_bar and sys.stdout.isatty():
             from tqdm import tqdm
 
-            self._bar = tqdm(total=cfg.train.steps, initial=start_step, unit="step",
+            self._bar = tqdm(total=cfg.train.steps or None, initial=start_step, unit="step",
                              dynamic_ncols=True)
 
     def log(self, step: int, metrics: dict[str, Any], *, prefix: str = "train") -> None:

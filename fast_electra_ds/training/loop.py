@@ -37,6 +37,7 @@ from fast_electra_ds.training.engine import DistEnv, build_engine, init_distribu
 from fast_electra_ds.training.evaluation import EvalSet
 from fast_electra_ds.training.faults import FaultGuard
 from fast_electra_ds.training.logger import MetricsLogger
+from fast_electra_ds.training.progress import Progress
 from fast_electra_ds.training.run_lock import RunDirLock
 from fast_electra_ds.metrics import reduce_metrics
 
@@ -47,7 +48,7 @@ class PretrainResult:
     state: checkpoint.TrainState
     engine: Any  # the DeepSpeed engine (engine.module is the trained objective module)
     frozen_generator: FrozenGenerator | None  # mode=fast-electra only
-    stopped_early: bool = False  # a signal or the time limit ended the run before train.steps
+    stopped_early: bool = False  # a signal or the time limit ended the run before its end
 
 
 def pretrain(cfg: RunConfig) -> PretrainResult:
@@ -100,8 +101,13 @@ def _pretrain(cfg: RunConfig, env: DistEnv) -> PretrainResult:
 
     if plan is not None and plan.universal:
         ds["checkpoint"] = {**ds.get("checkpoint", {}), "load_universal": True}
-    engine, optimizer_name = build_engine(module, cfg, ds, env)
+    # how far the run is (u of its steps or budget): what the LR decay and the temperature follow
+    progress = Progress(cfg, step_flops=flops_per_step,
+                        comm_device=env.device if env.device.type == "cuda" else
+                        torch.device("cpu"))
+    engine, optimizer_name = build_engine(module, cfg, ds, env, progress=progress)
     state = checkpoint.resume(engine, plan, log=log)
+    progress.bind(state)
     if cfg.train.compile:
         engine.compile()  # after the weights are loaded; the first steps pay the compilation
     if state.step == 0:
@@ -115,7 +121,8 @@ def _pretrain(cfg: RunConfig, env: DistEnv) -> PretrainResult:
     logger.info(f"mode={cfg.mode} ranks={env.world_size} device={env.device.type} "
                 f"precision={precision(ds)} zero={zero_stage(ds)} optimizer={optimizer_name} "
                 f"trainable={trainable_params:,} params "
-                f"accumulation={engine.gradient_accumulation_steps()}")
+                f"accumulation={engine.gradient_accumulation_steps()} "
+                f"length={progress.describe()}")
 
     masker = Masker(seq_len=cfg.data.seq_len, vocab_size=vocab_size, mask_id=special["mask"],
                     special_ids=data_info.special_ids,
@@ -136,11 +143,11 @@ def _pretrain(cfg: RunConfig, env: DistEnv) -> PretrainResult:
     window_start = time.perf_counter()
     window_steps = 0
     grad_norm = math.nan
-    while state.step < cfg.train.steps:
+    while not progress.done(state):
         step_start = time.perf_counter()
-        temp = mode.temperature(state.step, cfg.train.steps)
+        temp = mode.temperature(progress.fraction(state))
         lr = engine.get_lr()[0]
-        last = state.step + 1 == cfg.train.steps
+        last = progress.next_step_is_last(state)  # a minutes budget: known after the step
         log_now = (state.step + 1) % cfg.logging.log_every == 0 or last
         step_outputs = []
         for micro_step in range(accumulation):
@@ -157,6 +164,12 @@ def _pretrain(cfg: RunConfig, env: DistEnv) -> PretrainResult:
             step_outputs.append({k: v.detach() for k, v in out.items()})
         state.step += 1
         state.consumed_samples += cfg.train.global_batch_size
+        # the learning curves' time axis (training only, not evaluation or checkpoints) and a
+        # minutes budget's clock, the same on every rank
+        state.train_seconds += time.perf_counter() - step_start
+        progress.agree(state)
+        if progress.done(state) and not last:
+            last = log_now = True
         logger.advance()
         if guard.skip:
             logger.info(f"step {state.step}: loss not finite on some rank; every rank skipped "
@@ -181,8 +194,6 @@ def _pretrain(cfg: RunConfig, env: DistEnv) -> PretrainResult:
                 skipped_steps=guard.total_skips)
             logger.log(state.step, metrics)
             window, window_start, window_steps = [], time.perf_counter(), 0
-        # the learning curves' time axis: training only, not evaluation or checkpoints
-        state.train_seconds += time.perf_counter() - step_start
         if eval_set is not None and (state.step % cfg.eval.every == 0 or last):
             eval_start = time.perf_counter()
             eval_metrics = evaluate(engine, mode, eval_set, device=env.device)
@@ -205,7 +216,7 @@ def _pretrain(cfg: RunConfig, env: DistEnv) -> PretrainResult:
         logger.info(f"generator saved to {run_dir / 'generator'} (use it as generator.path)")
     logger.close()
     return PretrainResult(eval_metrics, state, engine, mode.frozen_generator,
-                          stopped_early=guard.stop and state.step < cfg.train.steps)
+                          stopped_early=guard.stop and not progress.done(state))
 
 
 def _lock_run_dir(cfg: RunConfig, env: DistEnv) -> RunDirLock:

@@ -5,7 +5,6 @@ data, frozen, and run outside the training engine (fp16 through DeepSpeed-Infere
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from pathlib import Path
 
 import torch
 from torch import nn

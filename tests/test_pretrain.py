@@ -54,8 +54,8 @@ def test_fast_electra_trains_the_discriminator_against_a_frozen_generator(
     engines = []
     real_build = loop.build_engine
 
-    def spy(module, cfg, ds, env):
-        engine, name = real_build(module, cfg, ds, env)
+    def spy(module, cfg, ds, env, **kwargs):
+        engine, name = real_build(module, cfg, ds, env, **kwargs)
         engines.append(engine)
         return engine, name
 
@@ -94,9 +94,9 @@ def test_electra_mode_trains_both_models_with_shared_embeddings(tmp_path, tiny_d
     before = {}
     real_build = loop.build_engine
 
-    def spy(module, cfg, ds, env):
+    def spy(module, cfg, ds, env, **kwargs):
         before.update(copy.deepcopy(module.state_dict()))
-        return real_build(module, cfg, ds, env)
+        return real_build(module, cfg, ds, env, **kwargs)
 
     monkeypatch.setattr(loop, "build_engine", spy)
     # (logged every step: one micro-batch per record, where loss = mlm + 50 rtd holds exactly;

@@ -246,18 +246,10 @@ def measure_sampler(check: Check) -> None:
     results, outputs = {}, {}
     for method in methods:
         fn = ks.sampler(method)
-        fn(*inputs)  # compile / autotune outside the measurement
         if device == "cuda":
-            import triton.testing
-
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            before = torch.cuda.memory_allocated()
-            outputs[method] = fn(*inputs)
-            torch.cuda.synchronize()
-            extra = torch.cuda.max_memory_allocated() - before
-            ms = triton.testing.do_bench(lambda fn=fn: fn(*inputs), warmup=5, rep=50)
+            outputs[method], extra, ms = ks.measure_cuda(fn, inputs)
         else:
+            fn(*inputs)  # compile outside the measurement
             outputs[method] = fn(*inputs)
             times = []
             for _ in range(3):

@@ -119,23 +119,28 @@ def run_cpu(args) -> str:
     return "\n".join(lines)
 
 
-def run_cuda(args) -> str:
+def measure_cuda(fn, inputs) -> tuple:
+    """(output, extra bytes a call allocates, median ms by triton.testing.do_bench) of one
+    sampler on CUDA inputs, after a first call that compiles / autotunes."""
     import triton.testing
 
+    fn(*inputs)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    out = fn(*inputs)
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - before
+    return out, extra, triton.testing.do_bench(lambda: fn(*inputs), warmup=5, rep=50)
+
+
+def run_cuda(args) -> str:
     dtype = getattr(torch, args.dtype)
     inputs = make_inputs(args.M, args.V, args.H, dtype, "cuda")
     rows = []
     outputs = {}
     for method in ("fused", "eager", "compiled"):
-        fn = sampler(method)
-        fn(*inputs)  # compile / autotune outside the measurement
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        outputs[method] = fn(*inputs)
-        torch.cuda.synchronize()
-        extra = torch.cuda.max_memory_allocated() - before
-        ms = triton.testing.do_bench(lambda: fn(*inputs), warmup=5, rep=50)
+        outputs[method], extra, ms = measure_cuda(sampler(method), inputs)
         rows.append((method, extra, ms))
     eager_extra, eager_ms = rows[1][1], rows[1][2]
     agree = (outputs["fused"].tokens == outputs["eager"].tokens).float().mean().item()

@@ -154,20 +154,20 @@ def _in_process(tmp_path, dataset, generator, name, *extra):
 def test_crash_before_commit_falls_back(tmp_path, tiny_dataset, tiny_generator, monkeypatch):
     cfg = _in_process(tmp_path, tiny_dataset, tiny_generator, "run", "train.steps=4",
                       "checkpoint.save_every=2")
-    real_write = checkpoint._atomic_write
+    real_write = checkpoint.atomic_write
 
     def crash_on_second_commit(path, text):
         if path.name == checkpoint.MARKER and "step000000004" in str(path):
             raise RuntimeError("injected crash between shard writes and commit")
         real_write(path, text)
 
-    monkeypatch.setattr(checkpoint, "_atomic_write", crash_on_second_commit)
+    monkeypatch.setattr(checkpoint, "atomic_write", crash_on_second_commit)
     with pytest.raises(RuntimeError, match="injected crash"):
         loop.pretrain(cfg)
     ckpts = tmp_path / "run" / "checkpoints"
     assert (ckpts / "step000000004").is_dir()  # shards written, never committed
     assert (ckpts / "latest").read_text() == "step000000002"
-    monkeypatch.setattr(checkpoint, "_atomic_write", real_write)
+    monkeypatch.setattr(checkpoint, "atomic_write", real_write)
     from fast_electra_ds.data.loader import open_datasets
 
     vocab = open_datasets([str(tiny_dataset)], "train")[1].vocab_size

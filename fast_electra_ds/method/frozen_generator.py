@@ -12,7 +12,7 @@ from torch import nn
 from fast_electra_ds.data.masking import MaskedBatch
 from fast_electra_ds.errors import UserError
 from fast_electra_ds.method.mlm_head import masked_logits, mlm_head, unwrap
-from fast_electra_ds.method.pretrained import check_tokenizer, resolve_source
+from fast_electra_ds.method.pretrained import check_tokenizer, read_model_config, resolve_source
 from fast_electra_ds.method.sampling import corrupt
 
 
@@ -153,15 +153,9 @@ def load_masked_lm(path_or_hub_id: str, *, vocab_size: int, special_ids: Mapping
 
 def _read_config(source: str, *, vocab_size: int, what: str = "generator.path"):
     """The model config at `source`; UserError unless it is a masked LM with the data's vocab."""
-    from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
-    try:
-        config = AutoConfig.from_pretrained(source)
-    except (OSError, ValueError) as e:
-        raise UserError(f"{what}: cannot read a model config from {source} ({e}); it must "
-                        f"be a HF masked-LM folder (config.json + weights) or a reachable hub "
-                        f"id") from None
+    config = read_model_config(source, what)
     if config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
         raise UserError(f"{what}: {source} holds a {config.model_type!r} model, which has "
                         f"no masked-LM head in transformers; use a masked LM (BERT, RoBERTa, an "

@@ -85,15 +85,21 @@ def check_tokenizer(source: str, *, vocab_size: int, special_ids: Mapping[str, i
                         "trained with this tokenizer")
 
 
-def _read_electra_config(source: str, what: str, accepted: tuple[str, ...], vocab_size: int):
+def read_model_config(source: str, what: str):
+    """The HF config at `source`, or a UserError for a folder without one or an unreachable hub
+    id (no network and not in the cache)."""
     from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(source)
+        return AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as e:
         raise UserError(f"{what}: cannot read a model config from {source} ({e}); it must be a "
                         f"folder written by save_pretrained (config.json + weights), or a hub id "
                         f"that is reachable (or already in the HF cache)") from None
+
+
+def _read_electra_config(source: str, what: str, accepted: tuple[str, ...], vocab_size: int):
+    config = read_model_config(source, what)
     saved_as = list(config.architectures or [])
     if config.model_type != "electra" or (saved_as and not set(saved_as) & set(accepted)):
         kind = ", ".join(saved_as) or config.model_type

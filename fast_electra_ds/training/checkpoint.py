@@ -119,7 +119,8 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str) -> None:
+    """Replace `path` by `text` all at once: temp file, fsync, rename, fsync of the folder."""
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w") as f:
         f.write(text)
@@ -204,8 +205,8 @@ def _commit(engine, cfg: RunConfig, state: TrainState, ckpt_dir: Path, tag: str,
               "versions": {"torch": torch.__version__, "deepspeed": deepspeed.__version__},
               "files": {f.name: f.stat().st_size for f in sorted(tag_dir.iterdir())},
               **(extra_marker or {})}
-    _atomic_write(tag_dir / MARKER, json.dumps(marker, indent=2) + "\n")
-    _atomic_write(ckpt_dir / LATEST, tag)
+    atomic_write(tag_dir / MARKER, json.dumps(marker, indent=2) + "\n")
+    atomic_write(ckpt_dir / LATEST, tag)
     for old in committed_tags(ckpt_dir)[:-cfg.checkpoint.keep_last]:
         shutil.rmtree(ckpt_dir / old, ignore_errors=True)
         shutil.rmtree(ckpt_dir / UNIVERSAL / old, ignore_errors=True)

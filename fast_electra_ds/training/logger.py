@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from fast_electra_ds.config import RunConfig
+from fast_electra_ds.training.checkpoint import atomic_write
 
 
 class MetricsLogger:
@@ -145,19 +146,10 @@ def rewind_jsonl(path: Path, step: int) -> Discarded | None:
     while aside.exists():
         aside = path.with_name(f"metrics.discarded-after-step{step}.{n}.jsonl")
         n += 1
-    _write_synced(aside, "".join(line if line.endswith("\n") else line + "\n"
-                                 for line in later))
-    _write_synced(path, "".join(keep))
+    atomic_write(aside, "".join(line if line.endswith("\n") else line + "\n"
+                                for line in later))
+    atomic_write(path, "".join(keep))
     return Discarded(aside, len(later))
-
-
-def _write_synced(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _fmt(v: Any) -> str:

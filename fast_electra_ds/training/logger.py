@@ -36,6 +36,7 @@ class MetricsLogger:
         self._tb = None
         self._bar = None
         self.wandb_id = wandb_id
+        self.discarded: Discarded | None = None  # what a resume moved out of metrics.jsonl
         if not self.enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -119,10 +120,7 @@ METRICS = "metrics.jsonl"
 @dataclass
 class Discarded:
     path: Path  # where the entries went
-    count: int
-
-    def __bool__(self) -> bool:
-        return self.count > 0
+    count: int  # at least 1
 
 
 def rewind_jsonl(path: Path, step: int) -> Discarded | None:

@@ -24,7 +24,8 @@ def _cfg(run_dir: Path, dataset: Path, generator: Path, *overrides: str):
                                f"generator.path={generator}", "train.global_batch_size=8",
                                "train.micro_batch_size=8", "logging.log_every=1",
                                "logging.wandb=disabled", "optim.warmup_steps=2",
-                               "temperature.t0=3.0", "eval.num_sequences=16", *overrides])
+                               "temperature.schedule=exponential", "temperature.t0=3.0",
+                               "eval.num_sequences=16", *overrides])
     cfg.validate()
     return cfg
 

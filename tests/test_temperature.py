@@ -3,9 +3,11 @@
 import math
 
 import pytest
+import torch
 
 from fast_electra_ds.config import TemperatureConfig
-from fast_electra_ds.method.temperature import temperature
+from fast_electra_ds.method.temperature import (calibrate_t0, mean_entropy, temperature,
+                                                temperature_at)
 
 STEPS = 1000
 
@@ -23,10 +25,42 @@ def test_exponential_is_the_papers_formula(t0, tau):
     assert all(a > b for a, b in zip(values, values[1:])) and values[-1] > 1.0
 
 
-def test_default_is_t0_2_tau_0_1():
-    cfg = TemperatureConfig()
-    assert (cfg.schedule, cfg.t0, cfg.tau) == ("exponential", 2.0, 0.1)
+def test_the_papers_schedule_keeps_its_defaults_and_the_default_is_calibrated():
+    cfg = TemperatureConfig(schedule="exponential")
+    assert (cfg.t0, cfg.tau) == (2.0, 0.1)
     assert temperature(cfg, 100, 1000) == pytest.approx(1 + math.exp(-1))
+    default = TemperatureConfig()
+    assert (default.schedule, default.tau, default.start_entropy) == ("calibrated", 0.1, 0.9)
+
+
+def test_calibrated_is_the_papers_curve_from_the_measured_t0():
+    cfg = TemperatureConfig(schedule="calibrated", tau=0.2)
+    for u in (0.0, 0.1, 0.5, 1.0):
+        assert temperature_at(cfg, u, t0=3.7) == pytest.approx(1 + 2.7 * math.exp(-u / 0.2),
+                                                               rel=1e-12)
+    with pytest.raises(ValueError, match="calibrated t0"):
+        temperature_at(cfg, 0.5)
+
+
+@pytest.mark.parametrize("sharpness", [1.0, 4.0, 12.0])
+@pytest.mark.parametrize("start_entropy", [0.5, 0.9])
+def test_calibrated_t0_puts_the_entropy_that_share_of_the_way_to_uniform(sharpness,
+                                                                         start_entropy):
+    g = torch.Generator().manual_seed(0)
+    logits = sharpness * torch.randn(300, 500, generator=g)  # [N, V]
+    t0, h1, target = calibrate_t0(logits, start_entropy)
+    assert h1 == pytest.approx(mean_entropy(logits, 1.0))
+    assert target == pytest.approx(h1 + start_entropy * (math.log(500) - h1))
+    assert mean_entropy(logits, t0) == pytest.approx(target, abs=1e-6)
+    assert t0 > 1.0
+    # a sharper generator needs a hotter start to reach the same share of the way
+    if sharpness > 1:
+        assert t0 > calibrate_t0(logits / sharpness, start_entropy)[0]
+
+
+def test_calibration_of_a_uniform_generator_starts_at_1():
+    t0, h1, target = calibrate_t0(torch.zeros(10, 64), 0.9)
+    assert h1 == pytest.approx(math.log(64)) and t0 == pytest.approx(1.0)
 
 
 def test_linear_and_polynomial():
@@ -47,5 +81,29 @@ def test_step_schedule_has_equal_constant_stages():
 def test_constant_and_clamping():
     cfg = TemperatureConfig(schedule="constant", t0=1.0)
     assert {temperature(cfg, s, STEPS) for s in (0, 500, 1000)} == {1.0}
-    exp = TemperatureConfig()
+    exp = TemperatureConfig(schedule="exponential")
     assert temperature(exp, 2 * STEPS, STEPS) == temperature(exp, STEPS, STEPS)
+
+
+def test_a_run_calibrates_t0_on_its_first_batches_and_starts_there(tmp_path, tiny_dataset,
+                                                                   tiny_generator, capsys):
+    import json
+    import re
+
+    from fast_electra_ds.config import load_config
+    from fast_electra_ds.training import loop
+
+    runs = {}
+    for name, batch in (("a", 16), ("b", 8)):  # another micro-batch: the same first sequences
+        cfg = load_config("tiny", [f"run_dir={tmp_path / name}", f"data.paths={tiny_dataset}",
+                                   "device=cpu", f"generator.path={tiny_generator}",
+                                   "eval.every=0", "logging.log_every=1", "train.steps=2",
+                                   f"train.global_batch_size={batch}",
+                                   f"train.micro_batch_size={batch}"])
+        cfg.validate()
+        loop.pretrain(cfg)
+        t0 = float(re.search(r"calibrated T0 = ([0-9.]+)", capsys.readouterr().out).group(1))
+        first = json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[0])
+        assert first["temperature"] == pytest.approx(t0, abs=5e-4)  # u = 0 at step 1
+        runs[name] = t0
+    assert runs["a"] == runs["b"] and runs["a"] > 1.0

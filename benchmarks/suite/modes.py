@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from benchmarks.suite.cost_model import FAST, JOINT, NO_GENERATOR, Auxiliary, Role
-from benchmarks.suite.workload import SPECIAL_IDS, Spec
+from benchmarks.suite.workload import SPECIAL_IDS, Spec, make_batches
 from fast_electra_ds.config import RunConfig
 from fast_electra_ds.data.masking import MaskedBatch
 from fast_electra_ds.method import sampling
@@ -127,8 +127,9 @@ def build_mode(name: str, spec: Spec, env: DistEnv) -> BenchMode:
     engine, _ = build_engine(mode.build(), cfg, ds, env)
     if cfg.train.compile:  # as training.loop does (the frozen generator: in mode.build)
         engine.compile()
-    # the curriculum's first temperature (joint mode: its constant one); the cost does not
-    # depend on T
+    # the curriculum's first temperature (joint mode: its constant one), calibrated on the
+    # workload's batches where the schedule asks; the cost does not depend on T
+    mode.calibrate(lambda: make_batches(spec, env.device))
     temperature = mode.temperature(0.0)
 
     def inputs(batch: MaskedBatch) -> dict:

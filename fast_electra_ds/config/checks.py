@@ -53,7 +53,9 @@ def problems(cfg: RunConfig, check_files: bool) -> list[str]:
     need(t.t0 >= 1.0, f"temperature.t0 must be >= 1 (T < 1 sharpens past the generator's own "
                       f"distribution), got {t.t0}")
     need(t.tau > 0.0, f"temperature.tau must be > 0, got {t.tau}")
-    need(t.t_end >= 1.0 or t.schedule in ("exponential", "constant"),
+    need(0.0 < t.start_entropy < 1.0,
+         f"temperature.start_entropy must be in (0, 1), got {t.start_entropy}")
+    need(t.t_end >= 1.0 or t.schedule in ("exponential", "calibrated", "constant"),
          f"temperature.t_end must be >= 1, got {t.t_end}")
     need(t.joint_t > 0.0, f"temperature.joint_t must be > 0, got {t.joint_t}")
     need(t.power > 0.0, f"temperature.power must be > 0, got {t.power}")
@@ -101,6 +103,8 @@ def problems(cfg: RunConfig, check_files: bool) -> list[str]:
     need(cfg.checkpoint.save_every >= 0, "checkpoint.save_every must be >= 0")
     need(cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last must be >= 1")
     need(cfg.logging.log_every >= 1, "logging.log_every must be >= 1")
+    need(cfg.logging.plateau_patience >= 0,
+         "logging.plateau_patience must be >= 0 (0 = never warn)")
 
     if check_files:
         need(bool(d.paths), "data.paths is empty: name at least one directory written by "

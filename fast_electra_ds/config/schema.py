@@ -61,6 +61,11 @@ class ModelConfig:
     ElectraForPreTraining (or an ElectraModel, whose head then starts fresh). Its shape replaces
     the fields above (logged, and saved in the run's config); its vocabulary and special tokens
     must be the data's (prepare the data with its tokenizer). Empty: random initialization."""
+    head_bias_init: Literal["prior", "zero"] = "prior"
+    """The replaced-token head's output bias at initialization. prior: the log-odds of the share
+    of tokens that get replaced (masking.mask_prob), so that the first steps predict the base rate
+    instead of spending them (and the encoder) on learning it; zero: Hugging Face's default. Not
+    used with init_from (the checkpoint's head is kept)."""
     attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = "auto"
     """Attention of every model of the run (the discriminator, a generator trained here, the
     frozen generator): sdpa (torch's scaled_dot_product_attention), flash_attention_2 (the
@@ -103,14 +108,22 @@ class TemperatureConfig:
     """The sampling temperature: mode=fast-electra's curriculum, T as a function of
     u = step / train.steps, and mode=electra's constant joint_t."""
 
-    schedule: Literal["exponential", "linear", "polynomial", "step", "constant"] = "exponential"
-    """exponential: T = 1 + (t0 - 1) exp(-u / tau) (Fast-ELECTRA); linear and polynomial:
+    schedule: Literal["exponential", "calibrated", "linear", "polynomial", "step",
+                      "constant"] = "calibrated"
+    """exponential: T = 1 + (t0 - 1) exp(-u / tau) (Fast-ELECTRA, the paper's schedule);
+    calibrated: the same curve from a T0 measured on the data instead of t0 (see
+    start_entropy); linear and polynomial:
     T = t_end + (t0 - t_end)(1 - u)^power (power 1 for linear); step: t0 to t_end in num_stages
     equal stages; constant: T = t0."""
     t0: float = 2.0
     """Initial temperature (the constant one for schedule=constant); at least 1."""
     tau: float = 0.1
-    """Decay rate of the exponential schedule, as a fraction of training; > 0."""
+    """Decay rate of the exponential and calibrated schedules, as a fraction of training; > 0."""
+    start_entropy: float = 0.9
+    """schedule=calibrated: T0 is the temperature at which the frozen generator's replacements,
+    on the run's first 256 training sequences, have the entropy H(1) + start_entropy *
+    (log V - H(1)): that share of the way from its own distribution (0) to the uniform one (1),
+    whatever the generator's strength. In (0, 1). The T0 found is logged."""
     t_end: float = 1.0
     """Final temperature of the linear, polynomial and step schedules."""
     power: float = 2.0
@@ -255,6 +268,11 @@ class LoggingConfig:
     """Also write tensorboard event files under run_dir/tensorboard."""
     progress_bar: bool = True
     """Show a progress bar when stdout is a terminal."""
+    plateau_patience: int = 1000
+    """Warn (console, metrics.jsonl, wandb, tensorboard) when the discriminator has sat on the
+    replaced-token-detection plateau - RTD loss within 2% of the binary entropy of the replaced
+    share, replaced recall under 1% - for this many steps after warm-up (training/plateau.py);
+    0 = never. Judged on the logged windows (logging.log_every)."""
 
 
 @dataclass

@@ -9,6 +9,7 @@ A frozen generator loaded from disk is not built here: see frozen_generator.py.
 from __future__ import annotations
 
 import importlib.util
+import math
 from collections.abc import Callable
 
 import torch
@@ -21,11 +22,14 @@ from fast_electra_ds.method.pretrained import load_pretrained, resolve_source
 
 
 def build_discriminator(model_cfg: ModelConfig, *, vocab_size: int, pad_id: int,
-                        attn_implementation: str = "sdpa",
+                        replaced_share: float | None = None, attn_implementation: str = "sdpa",
                         log: Callable[[str], None] = print) -> ElectraForPreTraining:
     """A freshly initialized discriminator whose shape is given by `model_cfg`, or, with
     model.init_from, the checkpoint there (already checked by pretrained.init_from_shapes) with
-    the config's dropout; attn_implementation: a resolved one (`resolve_attention`), not auto."""
+    the config's dropout; attn_implementation: a resolved one (`resolve_attention`), not auto.
+
+    replaced_share: the expected share of replaced tokens; with model.head_bias_init=prior the
+    head's output bias starts at its log-odds (see `init_head_bias`)."""
     if model_cfg.init_from:
         return load_pretrained(
             ElectraForPreTraining, resolve_source(model_cfg.init_from, "model.init_from"),
@@ -46,7 +50,27 @@ def build_discriminator(model_cfg: ModelConfig, *, vocab_size: int, pad_id: int,
         pad_token_id=pad_id,
         attn_implementation=attn_implementation,
     )
-    return ElectraForPreTraining(config)
+    model = ElectraForPreTraining(config)
+    if model_cfg.head_bias_init == "prior" and replaced_share is not None:
+        init_head_bias(model, replaced_share)
+    return model
+
+
+def init_head_bias(discriminator: ElectraForPreTraining, replaced_share: float) -> None:
+    """Start the replaced-token head at the base rate: bias = log(p / (1 - p)).
+
+    With HF's zero bias every token starts at P(replaced) = 0.5 while only about 13% are
+    replaced, so the first steps' gradient is one large push of every logit downwards, and Adam
+    moves every parameter that can lower the mean logit at the full learning rate, not only this
+    bias: the encoder learns a constant direction that outweighs the tokens, and LayerNorm then
+    maps every position to nearly the same vector (the representation collapse of a run stuck on
+    the plateau; benchmarks/results/plateau_map.md). Starting at the prior removes that push; the
+    same remedy as the prior initialization of class-imbalanced detectors (Lin et al. 2017,
+    focal loss, section 4.1)."""
+    p = min(max(replaced_share, 1e-4), 1 - 1e-4)
+    with torch.no_grad():
+        discriminator.discriminator_predictions.dense_prediction.bias.fill_(
+            math.log(p / (1 - p)))
 
 
 def build_generator(gen_cfg: GeneratorConfig, model_cfg: ModelConfig, *, vocab_size: int,

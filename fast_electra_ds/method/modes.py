@@ -20,7 +20,8 @@ micro-batch: `engine_inputs` (outside the engine, no gradient) and the engine's 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -34,7 +35,8 @@ from fast_electra_ds.method import flops
 from fast_electra_ds.method.frozen_generator import FrozenGenerator
 from fast_electra_ds.method.models import build_discriminator, build_generator
 from fast_electra_ds.method.objectives import ElectraObjective, FastElectraObjective, MLMObjective
-from fast_electra_ds.method.temperature import temperature_at
+from fast_electra_ds.method.mlm_head import masked_logits
+from fast_electra_ds.method.temperature import calibrate_t0, temperature_at
 
 
 @dataclass
@@ -63,6 +65,7 @@ class Mode(ABC):
         self.cfg, self.vocab_size, self.special_ids = cfg, vocab_size, special_ids
         self.device, self.fused, self.attention, self.log = device, fused, attention, log
         self.frozen_generator: FrozenGenerator | None = None
+        self.t0: float | None = None  # schedule=calibrated's T0, once `calibrate` measured it
 
     # ---- what config validation asks the mode ------------------------------------------------
 
@@ -88,8 +91,10 @@ class Mode(ABC):
         """The module the engine trains; anything outside the engine is loaded here too."""
 
     def _discriminator(self) -> nn.Module:
+        # the share of tokens replaced, at most: a sampled token can equal the original
         return build_discriminator(self.cfg.model, vocab_size=self.vocab_size,
                                    pad_id=self.special_ids["pad"],
+                                   replaced_share=self.cfg.masking.mask_prob,
                                    attn_implementation=self.attention, log=self.log)
 
     def _generator(self) -> nn.Module:
@@ -123,7 +128,11 @@ class Mode(ABC):
 
     def temperature(self, u: float) -> float:
         """The sampling temperature at the fraction u of training done (training/progress.py)."""
-        return temperature_at(self.cfg.temperature, u)
+        return temperature_at(self.cfg.temperature, u, t0=self.t0)
+
+    def calibrate(self, first_batches: Callable[[], Iterable[MaskedBatch]]) -> None:
+        """Measure what the schedule needs from the run's first batches (the same on every rank
+        and on resume; `first_batches` reads them); nothing by default."""
 
     @abstractmethod
     def engine_inputs(self, batch: MaskedBatch, temp: float
@@ -182,6 +191,26 @@ class FastElectra(Mode):
         if cfg.train.compile:
             self.frozen_generator.compile()
         return FastElectraObjective(self._discriminator(), fused=self.fused)
+
+    def calibrate(self, first_batches: Callable[[], Iterable[MaskedBatch]]) -> None:
+        """schedule=calibrated: T0 from the frozen generator's logits at the masked positions of
+        the first batches (temperature.calibrate_t0)."""
+        t = self.cfg.temperature
+        if t.schedule != "calibrated":
+            return
+        rows = []
+        with torch.no_grad():
+            for batch in first_batches():
+                batch = batch.to(self.device)
+                logits = masked_logits(self.frozen_generator.model, batch.masked_ids,
+                                       batch.attention_mask, batch.positions,
+                                       batch.token_type_ids)  # [B, K, V]
+                rows.append(logits[batch.weights > 0].float())  # [used slots, V]
+        self.t0, h1, target = calibrate_t0(torch.cat(rows), t.start_entropy)
+        self.log(f"temperature: calibrated T0 = {self.t0:.3f}: the generator's entropy at the "
+                 f"masked positions of {sum(len(r) for r in rows):,} slots is {h1:.3f} nats at "
+                 f"T = 1 and {target:.3f} at T0, {t.start_entropy:g} of the way to the uniform "
+                 f"distribution's {math.log(self.vocab_size):.3f}")
 
     def generator_shape(self) -> flops.Encoder:
         if self.frozen_generator is None:  # before build(): the config's shape
@@ -266,6 +295,9 @@ class MaskedLM(Mode):
 
     def build(self) -> nn.Module:
         return MLMObjective(self._generator())
+
+    def temperature(self, u: float) -> float:
+        return 1.0  # nothing is sampled; the loop's T is unused
 
     def _sequence_flops(self) -> int:
         return flops.TRAINED * self._generator_flops()

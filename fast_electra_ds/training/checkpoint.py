@@ -38,7 +38,7 @@ import random
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -72,6 +72,7 @@ class TrainState:
     consumed_samples: int = 0
     wandb_id: str | None = None
     train_seconds: float = 0.0  # wall-clock spent in training steps (not evaluation, saving)
+    plateau: dict = field(default_factory=dict)  # the PlateauWatch's state (plateau.py)
 
 
 class CheckpointSaveError(UserError):
@@ -163,7 +164,7 @@ def save(engine, cfg: RunConfig, state: TrainState, *, zero_stage: int,
     dist.all_gather_object(rngs, rng_state())
     client_state = {"step": state.step, "consumed_samples": state.consumed_samples,
                     "wandb_id": state.wandb_id, "train_seconds": state.train_seconds,
-                    "rng_states": rngs,
+                    "plateau": state.plateau, "rng_states": rngs,
                     "world_size": dist.get_world_size(),
                     # lets `ds_to_universal` convert this checkpoint for another world size
                     "universal_checkpoint_info": {}}
@@ -487,4 +488,5 @@ def resume(engine, plan: ResumePlan | None, log: Callable[[str], None]) -> Train
         f"{client['consumed_samples']} samples consumed)")
     return TrainState(step=client["step"], consumed_samples=client["consumed_samples"],
                       wandb_id=client.get("wandb_id"),
-                      train_seconds=client.get("train_seconds", 0.0))
+                      train_seconds=client.get("train_seconds", 0.0),
+                      plateau=client.get("plateau", {}))

@@ -90,6 +90,23 @@ class MetricsLogger:
         else:
             print(f"[{prefix} step {step}] {line}", flush=True)
 
+    def alert(self, step: int, kind: str, message: str, *, on: bool) -> None:
+        """A warning about the run (`kind`, e.g. "plateau"; on=False: the condition ended): on
+        the console, as a metrics.jsonl record with split "alert", as the wandb metric
+        alert/<kind> (and the run summary's text) and as tensorboard text and scalar."""
+        if not self.enabled:
+            return
+        record = {"step": step, "split": "alert", "time": time.time(), "kind": kind, "on": on,
+                  "message": message}
+        self._jsonl.write(json.dumps(record) + "\n")
+        if self._wandb is not None:
+            self._wandb.log({f"alert/{kind}": int(on)}, step=step)
+            self._wandb.summary[f"alert/{kind}"] = message if on else ""
+        if self._tb is not None:
+            self._tb.add_scalar(f"alert/{kind}", int(on), step)
+            self._tb.add_text(f"alert/{kind}", message, step)
+        self.info(f"{'WARNING' if on else 'note'} (step {step}): {message}")
+
     def advance(self, steps: int = 1) -> None:
         if self._bar is not None:
             self._bar.update(steps)

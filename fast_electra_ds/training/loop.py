@@ -10,6 +10,7 @@ engine's inputs; the loop only calls that interface.
 
 from __future__ import annotations
 
+import itertools
 import math
 import resource
 import time
@@ -37,6 +38,7 @@ from fast_electra_ds.training.engine import DistEnv, build_engine, init_distribu
 from fast_electra_ds.training.evaluation import EvalSet
 from fast_electra_ds.training.faults import FaultGuard
 from fast_electra_ds.training.logger import MetricsLogger
+from fast_electra_ds.training.plateau import PlateauWatch
 from fast_electra_ds.training.progress import Progress
 from fast_electra_ds.training.run_lock import RunDirLock
 from fast_electra_ds.metrics import reduce_metrics
@@ -127,6 +129,14 @@ def _pretrain(cfg: RunConfig, env: DistEnv) -> PretrainResult:
     masker = Masker(seq_len=cfg.data.seq_len, vocab_size=vocab_size, mask_id=special["mask"],
                     special_ids=data_info.special_ids,
                     mask_prob=cfg.masking.mask_prob, style=cfg.masking.style, seed=cfg.seed)
+    # what the schedule measures (schedule=calibrated): the first 256 training sequences, read
+    # from the start whatever the rank or a resume, so every rank and every attempt agrees
+    mode.calibrate(lambda: itertools.islice(build_loader(
+        cfg.data.paths, split="train", seq_len=cfg.data.seq_len,
+        micro_batch_size=cfg.train.micro_batch_size,
+        global_batch_size=cfg.train.micro_batch_size, rank=0, world_size=1, seed=cfg.seed,
+        consumed_samples=0, masker=masker, weights=cfg.data.weights or None),
+        -(-256 // cfg.train.micro_batch_size)))
     train_batches = build_loader(
         cfg.data.paths, split="train", seq_len=cfg.data.seq_len,
         micro_batch_size=cfg.train.micro_batch_size,
@@ -139,6 +149,10 @@ def _pretrain(cfg: RunConfig, env: DistEnv) -> PretrainResult:
     eval_metrics: dict[str, float] = {}
     accumulation = engine.gradient_accumulation_steps()
     guard = FaultGuard(cfg, env, engine.basic_optimizer)
+    # says when the discriminator sits on the RTD plateau (reads the logged windows only)
+    watch = PlateauWatch(warmup_steps=cfg.optim.warmup_steps,
+                         patience=cfg.logging.plateau_patience if mode.samples else 0)
+    watch.load_state_dict(state.plateau)
     window: list[dict[str, torch.Tensor]] = []
     window_start = time.perf_counter()
     window_steps = 0
@@ -193,6 +207,10 @@ def _pretrain(cfg: RunConfig, env: DistEnv) -> PretrainResult:
                 peak_mem_gb=_peak_memory_gb(env), trainable_params=trainable_params,
                 skipped_steps=guard.total_skips)
             logger.log(state.step, metrics)
+            alert = watch.observe(state.step, state.step - window_steps, metrics)
+            if alert is not None:
+                logger.alert(state.step, "plateau", alert, on=watch.warned)
+            state.plateau = watch.state_dict()
             window, window_start, window_steps = [], time.perf_counter(), 0
         if eval_set is not None and (state.step % cfg.eval.every == 0 or last):
             eval_start = time.perf_counter()

@@ -83,6 +83,7 @@ def _compare(args: argparse.Namespace) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     from fast_electra_ds.downstream.compare import describe_set, table
     from fast_electra_ds.training.evaluation import EVALUATE_COLUMNS, evaluate_models
+    from fast_electra_ds.training.plateau import ADVICE
 
     eval_set, rows = evaluate_models(
         args.models, judge=args.judge, data=[args.data], num_sequences=args.num_sequences,
@@ -91,6 +92,12 @@ def _evaluate(args: argparse.Namespace) -> None:
         logger=lambda m: print(m, file=sys.stderr))
     text = (f"Held-out: {describe_set(eval_set.record())}.\n\n"
             + table(rows, EVALUATE_COLUMNS))
+    stuck = [row["name"] for row in rows if row["plateau"] == "yes"]
+    if stuck:
+        text += (f"\n\nOn the replaced-token-detection plateau (RTD loss at the binary entropy "
+                 f"of the replaced share, replaced recall under 1%): {', '.join(stuck)}. These "
+                 f"discriminators predict the base rate everywhere and learned nothing; "
+                 f"{ADVICE}.")
     print(text)
     if args.output:
         Path(args.output).write_text(json.dumps({"eval_set": eval_set.record(), "rows": rows},

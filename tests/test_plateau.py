@@ -132,8 +132,21 @@ def test_a_run_built_to_stall_is_warned_about(tmp_path, tiny_dataset, tiny_gener
            "plateau" in capsys.readouterr().out
     assert _tensorboard_scalars(run_dir, "alert/plateau") == [(70, 1.0)]
 
+    # compare and evaluate flag it
+    from fast_electra_ds.cli import main
 
-def test_a_run_that_learns_gets_no_warning(tmp_path, tiny_dataset, uniform_generator):
+    assert main(["compare", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "stuck (warned at step 70)" in out and "On the replaced-token-detection plateau" in out
+    assert main(["evaluate", "--judge", str(tiny_generator), "--data", str(tiny_dataset),
+                 "--num-sequences", "64", "--batch-size", "16", str(run_dir),
+                 "--output", str(tmp_path / "e.json")]) == 0
+    assert "On the replaced-token-detection plateau" in capsys.readouterr().out
+    assert json.loads((tmp_path / "e.json").read_text())["rows"][0]["plateau"] == "yes"
+
+
+def test_a_run_that_learns_gets_no_warning(tmp_path, tiny_dataset, uniform_generator,
+                                           capsys):
     # replacements drawn uniformly from the vocabulary are the easiest there are: the
     # discriminator leaves the plateau within the patience
     run_dir, alerts = _run(tmp_path, tiny_dataset, uniform_generator, "train.steps=150",
@@ -142,3 +155,8 @@ def test_a_run_that_learns_gets_no_warning(tmp_path, tiny_dataset, uniform_gener
     last = [r for r in records if r["split"] == "train"][-1]
     assert last["rtd_accuracy_replaced"] > 0.1  # it did learn
     assert alerts == [] and _tensorboard_scalars(run_dir, "alert/plateau") == []
+    from fast_electra_ds.cli import main
+
+    capsys.readouterr()
+    assert main(["compare", str(run_dir)]) == 0
+    assert "plateau (predicting" not in capsys.readouterr().out

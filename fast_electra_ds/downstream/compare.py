@@ -27,6 +27,7 @@ import yaml
 
 from fast_electra_ds.errors import UserError
 from fast_electra_ds.training.evaluation import read_record
+from fast_electra_ds.training.plateau import ADVICE, on_plateau
 
 TRAIN_COLUMNS = [
     ("run", "run"), ("mode", "mode"), ("steps", "steps"),
@@ -38,7 +39,7 @@ EVAL_COLUMNS = [
     ("eval RTD loss", "rtd_loss"), ("eval RTD acc", "rtd_accuracy"),
     ("replaced recall", "rtd_accuracy_replaced"), ("original acc", "rtd_accuracy_original"),
     ("AUC", "auc"), ("AUC maskable", "auc_maskable"), ("AUC selected", "auc_selected"),
-    ("generator MLM acc", "mlm_accuracy"),
+    ("generator MLM acc", "mlm_accuracy"), ("plateau", "plateau"),
 ]
 
 
@@ -49,12 +50,28 @@ def read_run(run_dir: str | Path) -> dict:
     if not metrics_file.is_file() or not config_file.is_file():
         raise UserError(f"{run} is not a run directory (no metrics.jsonl / config.yaml); pass "
                         f"the run_dir of a `fast-electra pretrain` run")
-    train, evals = [], []
+    records: dict[str, list[dict]] = {"train": [], "eval": [], "alert": []}
     for line in metrics_file.read_text().splitlines():
         rec = json.loads(line)
-        (evals if rec["split"] == "eval" else train).append(rec)
+        records.setdefault(rec["split"], []).append(rec)
     return {"name": run.name, "config": yaml.safe_load(config_file.read_text()),
-            "train": train, "evals": evals, "eval_set": read_record(run)}
+            "train": records["train"], "evals": records["eval"], "alerts": records["alert"],
+            "eval_set": read_record(run)}
+
+
+def plateau_status(run: dict) -> str | None:
+    """What a run (read_run) says about the RTD plateau: the training warning (plateau.py) and
+    whether it left afterwards, or, for a run without one, whether its last held-out evaluation
+    is at the base rate. None: nothing to flag."""
+    alerts = [a for a in run.get("alerts", []) if a.get("kind") == "plateau"]
+    last_eval = run["evals"][-1] if run["evals"] else {}
+    if alerts and alerts[-1]["on"]:
+        return f"stuck (warned at step {alerts[-1]['step']:,})"
+    if alerts:
+        return f"left (step {alerts[-1]['step']:,})"
+    if on_plateau(last_eval):
+        return "stuck (held-out)"
+    return None
 
 
 def summarize(run: dict) -> dict:
@@ -72,6 +89,7 @@ def summarize(run: dict) -> dict:
         "train_seconds": last_eval.get("train_seconds"),
         "train_pflops": flops / 1e15 if flops is not None else None,
         **{key: last_eval.get(key) for _, key in EVAL_COLUMNS},
+        "plateau": plateau_status(run),
     }
 
 
@@ -141,6 +159,11 @@ def compare(run_dirs: list[str], plot: str | None = None) -> str:
                       table([rows[m["name"]] for m in members],
                             [("run", "run")] + EVAL_COLUMNS)]
         text = "\n".join(parts)
+    stuck = [name for name, row in rows.items() if (row["plateau"] or "").startswith("stuck")]
+    if stuck:
+        text += (f"\n\nOn the replaced-token-detection plateau (predicting the base rate "
+                 f"everywhere): {', '.join(stuck)}. Such a discriminator has learned nothing and "
+                 f"its encoder is unfit to fine-tune; {ADVICE}.")
     if plot is not None:
         record, members = groups[0]
         note = plot_curves(members, plot, title=describe_set(record))

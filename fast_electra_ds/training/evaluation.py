@@ -41,6 +41,7 @@ from fast_electra_ds.method import frozen_generator, mlm_head, sampling
 from fast_electra_ds.method.modes import EvalTargets
 from fast_electra_ds.method.objectives import mlm_loss, rtd_loss
 from fast_electra_ds.metrics import binary_auc, gather_1d, reduce_metrics
+from fast_electra_ds.training.plateau import on_plateau
 
 JUDGE_TEMPERATURE = 1.0  # the judge's own distribution: the hardest test it can set
 JUDGE_SEED_OFFSET = 7919  # the judge's sampling noise is apart from the masks' (same eval seed)
@@ -317,7 +318,7 @@ EVALUATE_COLUMNS = [
     ("eval RTD acc", "rtd_accuracy"), ("replaced recall", "rtd_accuracy_replaced"),
     ("original acc", "rtd_accuracy_original"), ("AUC", "auc"),
     ("AUC maskable", "auc_maskable"), ("AUC selected", "auc_selected"),
-    ("same set as its run", "same_set"),
+    ("same set as its run", "same_set"), ("on the plateau", "plateau"),
 ]
 
 
@@ -356,6 +357,7 @@ def evaluate_models(targets: Sequence[str], *, judge: str, data: Sequence[str],
         record = read_record(target) if Path(target, EVAL_SET_FILE).is_file() else None
         same = None if record is None else ("yes" if record["key"] == eval_set.spec.key
                                             else "no")
-        rows.append({**metrics, **about, "same_set": same})
+        rows.append({**metrics, **about, "same_set": same,
+                     "plateau": "yes" if on_plateau(metrics) else "no"})
         model.cpu()
     return eval_set, rows

@@ -21,7 +21,7 @@ MARGIN = 0.02
 MAX_RECALL = 0.01
 
 ADVICE = ("try: a longer optim.warmup_steps or a lower optim.lr; model.head_bias_init=prior (the "
-          "default); an easier start for the curriculum (temperature.schedule=entropy, the "
+          "default); an easier start for the curriculum (temperature.schedule=calibrated, the "
           "default, or a higher temperature.t0); a stronger generator (README, 'The plateau')")
 
 

@@ -124,7 +124,7 @@ def run(output: Path, *, candidates: bool, device: bool, workers: int,
                    f"here), no GPU used")
     compiled = variants.compile_all(targets, workers=workers)
     bad = []
-    lines = [HEADER[:-1] + (" driver registers / spills |" if device else ""),
+    lines = [HEADER + (" driver registers / spills |" if device else ""),
              "|---" * (10 if device else 9) + "|"]
     for capability in targets:
         for index, variant in enumerate(variants.variants(capability)):

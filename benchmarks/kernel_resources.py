@@ -217,7 +217,8 @@ def _compile_candidate(case):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--output", type=Path, default=RESULTS / "kernel_resources.md")
+    parser.add_argument("--output", type=Path, default=RESULTS / "kernel_resources.md",
+                        help="the report (default benchmarks/results/kernel_resources.md)")
     parser.add_argument("--candidates", action="store_true",
                         help="add the sampler under every candidate config (CPU targets only)")
     parser.add_argument("--device", action="store_true",

@@ -347,8 +347,9 @@ def sample(h: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None, temperature
 
     Tile sizes and launch options default to `launch_config` for this device, operand dtype and
     alignment (any given one overrides its default); `num_splits` (vocabulary splits, merged
-    afterwards) defaults to `default_num_splits`. The draws do not depend on any of them
-    (tests/test_kernels_sampler.py), only lse and E[z] on the order of the tiles' merges.
+    afterwards) defaults to `default_num_splits`. The draws depend on none of the tiles, warps,
+    stages or splits (tests/test_kernels_sampler.py), lse and E[z] only in the order the tiles
+    are merged; block_k (by default fixed per dtype, and in no config) orders the dot's sums.
     """
     M, H = h.shape
     V = W.shape[0]

@@ -4,7 +4,8 @@ tested at the end, so the wrapper is exercised in bf16).
 
 The model: a tiny ELECTRA masked LM whose word embeddings (tied to the decoder) are scaled so that
 its distributions are peaked like a trained generator's (logits up to about 10 in magnitude,
-entropy 2.6 nats at T = 1 where log V is 4.6), with a random bias. Two fp16 paths are compared with fp32:
+entropy 2.6 nats at T = 1 where log V is 4.6), with a random bias. Two fp16 paths are compared
+with fp32:
   eager  the masked LM in fp16 down to fp16 logits (kernels=off, or Triton unavailable)
   fused  the masked LM in fp16 down to the decoder's input; logits in fp32 from the fp16 h, W, b
          (sample_reference: the fused kernel's arithmetic, which tests/test_kernels_sampler.py

@@ -46,9 +46,12 @@ bench: setup
 
 # The GPU machine's own Python (with its CUDA torch), not the CPU venv: no `setup` here. What it
 # lacks is installed from .whl/ (gpu-wheels) by the script itself.
+# GPU_CHECK_ARGS: e.g. make gpu-check GPU_CHECK_ARGS="--output $OUT" (the shell expands $OUT;
+# the device tool brings back only what is under it)
 GPU_PYTHON ?= python3
+GPU_CHECK_ARGS ?=
 gpu-check:
-	$(GPU_PYTHON) benchmarks/gpu_check.py
+	$(GPU_PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 gpu-wheels: setup
 	bash benchmarks/gpu_wheels.sh

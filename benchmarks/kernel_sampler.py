@@ -199,9 +199,12 @@ def main() -> None:
 
     M, V = 20000, 30000
     if args.device == "cuda":
-        from fast_electra_kernels.sampler_triton import default_num_splits
+        from fast_electra_kernels.sampler_triton import capability_of, default_num_splits, \
+            launch_config
 
-        num_splits = default_num_splits(torch.device("cuda"), M, V)
+        cuda = torch.device("cuda")
+        config = launch_config(capability_of(cuda), False, True)  # bf16 at H = 768
+        num_splits = default_num_splits(cuda, M, V, config.block_m, config.block_v)
     else:
         num_splits = 1
     analytic = analytic_bytes(M, V, num_splits)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,8 +23,12 @@ def test_dry_run_runs_every_part_on_cpu(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = (out / "bench_cuda.md").read_text()
     assert "Status: all parts passed" in report
-    for section in ("## 1. Packages", "## 2. Tests", "## 3. Sampler", "## 4. Training steps"):
+    for section in ("## 1. Packages", "## 2. Kernels", "## 3. Tests", "## 4. Sampler",
+                    "## 5. Training steps"):
         assert section in report
+    assert "0 default launches spill or fail to compile" in report
+    kernels = (out / "kernel_resources_cuda.md").read_text()
+    assert "| _fused_sample_kernel | fp16 H%16=0 |" in kernels and "sm_90" in kernels
     assert "test_bf16_zero2_trains_and_resumes_on_cuda[fast-electra]" in report  # collected
     for mode in ("disc-only", "fast-electra", "electra"):
         assert f"| tiny | True | {mode} |" in report and f"| tiny | False | {mode} |" in report
@@ -39,11 +44,12 @@ def test_without_a_gpu_the_real_check_fails_and_says_why(tmp_path, capsys):
 
 def test_a_missing_package_without_wheels_fails_and_names_it(tmp_path, monkeypatch):
     monkeypatch.setattr(gpu_check, "NEEDED", {"no_such_module_xyz": "no-such-dist"})
+    # the default of --wheels, read when main() parses its arguments
     monkeypatch.setattr(gpu_check, "WHEELS", tmp_path / "no-wheels")
     assert gpu_check.main(["--dry-run", "--output", str(tmp_path / "out")]) == 1
     report = (tmp_path / "out" / "bench_cuda.md").read_text()
     assert "no-such-dist" in report and "make gpu-wheels" in report
-    assert "## 4. Training steps" not in report  # nothing runs without its packages
+    assert "## 5. Training steps" not in report  # nothing runs without its packages
 
 
 def test_a_skipped_or_failed_gpu_test_is_a_failure(tmp_path):
@@ -60,3 +66,21 @@ def test_a_skipped_or_failed_gpu_test_is_a_failure(tmp_path):
     assert any("broken: boom" in p for p in problems)
     assert any("skipped SKIPPED: needs scipy" in p for p in problems)
     assert gpu_check.junit_outcomes(tmp_path / "missing.xml")[1]  # no report is a problem too
+
+
+def test_a_part_past_the_budget_is_stopped_and_the_rest_named():
+    check = gpu_check.Check(dry_run=False, budget_s=1.0)
+    start = time.perf_counter()
+    check.run_part("slow", lambda c: time.sleep(30))
+    assert time.perf_counter() - start < 5
+    check.run_part("after", lambda c: None)
+    assert any(f.startswith("slow: PartTimeout: stopped at the end of the 1 s budget")
+               for f in check.failures)
+    assert "after: not run (the 1 s budget is spent)" in check.failures
+    assert any("## slow" in section for section in check.sections)
+
+
+def test_a_missing_parent_package_counts_as_missing():
+    # find_spec("megatron.core") raises where megatron is not installed (the GPU machine)
+    assert not gpu_check._importable("no_such_parent_xyz.core")
+    assert gpu_check._importable("xml.etree")

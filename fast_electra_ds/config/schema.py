@@ -97,7 +97,8 @@ class GeneratorConfig:
     """mode=electra/mlm: feed-forward width of the generator trained here."""
     inference_dtype: Literal["auto", "fp16", "bf16", "fp32"] = "auto"
     """mode=fast-electra: dtype the frozen generator runs in. auto = fp16 on GPU (through
-    DeepSpeed-Inference), fp32 on CPU. fp16 is refused on CPU."""
+    DeepSpeed-Inference), fp32 on CPU. fp16 also runs on CPU (slowly; to check its numerics). A
+    weight beyond the dtype's range (fp16: 65504) is refused."""
     kernel_inject: bool = True
     """mode=fast-electra on GPU: try DeepSpeed-Inference kernel injection; used only where the
     architecture has a policy, otherwise the plain fp16 module runs (the log says which)."""

@@ -60,7 +60,8 @@ class FrozenGenerator:
         special_ids: the data's special-token ids by name (pad, cls, sep, mask, unk; None for
         one the data lacks); each must match the folder's tokenizer when it has one.
         vocab: optionally the data's full token -> id map, compared with that tokenizer's.
-        dtype: auto (fp16 on CUDA, fp32 on CPU), fp16 (CUDA only), bf16 or fp32.
+        dtype: auto (fp16 on CUDA, fp32 on CPU), fp16, bf16 or fp32. A weight beyond the dtype's
+        range (fp16: 65504) is refused (`check_range`).
         fused: sample with the fused Triton kernel (kernel_switch.resolve_kernels says whether it
         runs); an architecture without a masked-only head keeps the eager sampler.
         attn_implementation: a resolved one (models.resolve_attention).
@@ -70,9 +71,6 @@ class FrozenGenerator:
         if dtype not in ("auto", "fp16", "bf16", "fp32"):
             raise UserError(f"generator.inference_dtype={dtype!r}: expected auto, fp16, bf16 or "
                             f"fp32")
-        if dtype == "fp16" and not on_cuda:
-            raise UserError("generator.inference_dtype=fp16 needs a CUDA device (fp16 matmuls "
-                            "are not supported on CPU): use bf16 or fp32 (or auto)")
         torch_dtype = {"auto": torch.float16 if on_cuda else torch.float32,
                        "fp16": torch.float16, "bf16": torch.bfloat16,
                        "fp32": torch.float32}[dtype]
@@ -80,6 +78,7 @@ class FrozenGenerator:
         model, source = load_masked_lm(path_or_hub_id, vocab_size=vocab_size,
                                        special_ids=special_ids, vocab=vocab, logger=logger,
                                        attn_implementation=attn_implementation)
+        check_range(model, torch_dtype, source)
 
         if on_cuda:
             model, runtime = _init_inference(
@@ -89,7 +88,10 @@ class FrozenGenerator:
                 logger=logger)
         else:
             # CPU: a plain module. DeepSpeed-Inference on CPU brings no kernels of its own (no
-            # injection without a GPU), so the wrapper would only add a dependency to this path.
+            # injection without a GPU), so the wrapper would only add a dependency to this path;
+            # it also refuses fp16 there (DeepSpeed 0.19.8), which torch runs on CPU (slowly):
+            # what the GPU's fp16 generator computes, for checking its numerics
+            # (tests/test_fp16_generator.py).
             model = model.to(device=device, dtype=torch_dtype)
             runtime = f"torch cpu {str(torch_dtype).removeprefix('torch.')}"
         logger(f"generator: {type(unwrap(model)).__name__} from {source} "
@@ -136,6 +138,24 @@ class FrozenGenerator:
         return corrupt(self.model, batch.to(self.device, non_blocking=True),
                        temperature=temperature, seed=seed, fused=self.fused,
                        compiled=self.compiled)
+
+
+def check_range(model: nn.Module, dtype: torch.dtype, source: str) -> None:
+    """UserError if a finite parameter of `model` would overflow to inf in `dtype` (fp16's largest
+    value is 65504: a large decoder bias, e.g. one that rules a token out, can exceed it). An inf
+    weight would make those logits inf and the draws and entropies of their rows meaningless.
+    """
+    limit = torch.finfo(dtype).max
+    over = []
+    for name, p in model.named_parameters():
+        finite = p.detach()[p.detach().isfinite()].abs()  # an inf weight is no overflow
+        if finite.numel() and finite.max() > limit:
+            over.append(f"{name} (|x| up to {finite.max().item():.4g})")
+    if over:
+        name = str(dtype).removeprefix("torch.")
+        raise UserError(f"generator {source}: {', '.join(over)} exceed {name}'s range "
+                        f"(+-{limit:.6g}) and would become inf in {name}: run it in bf16 or fp32 "
+                        f"(generator.inference_dtype=bf16 or fp32)")
 
 
 def load_masked_lm(path_or_hub_id: str, *, vocab_size: int, special_ids: Mapping[str, int | None],

@@ -30,3 +30,9 @@ def use_triton_for(use_triton: bool | None, *tensors: torch.Tensor) -> bool:
     if all(t.is_cuda for t in tensors):
         return True
     return interpreting() and all(t.device.type == "cpu" for t in tensors)
+
+
+# Passed to every kernel launch: whether the compiler may fuse a * b + c into one FMA. Triton's
+# default was on and changes to off in 3.10 (Triton 3.9 warns); the kernels' results, and so a
+# draw at a near-tie, would change with the Triton version. Fixed here, at the old default.
+FP_FUSION = True

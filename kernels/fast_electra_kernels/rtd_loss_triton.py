@@ -25,6 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
+from fast_electra_kernels._dispatch import FP_FUSION
+
 
 @triton.jit
 def _rtd_forward_kernel(
@@ -101,6 +103,24 @@ def _rtd_input_grad_kernel(dz_ptr, w_ptr, grad_ptr, dx_ptr, N, H,
              mask=row_mask[:, None] & col_mask[None, :])
 
 
+# Launch options, passed explicitly so that what tests/test_kernel_compile.py compiles ahead of
+# time is what runs, whatever Triton's defaults (spill-free on sm_80 / sm_90 / sm_100 with the
+# blocks below: benchmarks/results/kernel_resources*.md)
+NUM_WARPS, NUM_STAGES = 4, 3
+
+
+def forward_blocks(H: int) -> tuple[int, int]:
+    """(BLOCK_N, BLOCK_H) of the forward kernel: a row holds all of H (padded to a power of 2),
+    and a [BLOCK_N, BLOCK_H] fp32 tile of at most 8192 values stays in registers."""
+    block_h = triton.next_power_of_2(H)
+    return max(1, min(64, 8192 // block_h)), block_h
+
+
+def input_grad_blocks(H: int) -> tuple[int, int]:
+    """(BLOCK_N, BLOCK_H) of the dx kernel: [32, up to 256] tiles of the outer product."""
+    return 32, min(256, triton.next_power_of_2(H))
+
+
 def _as_loadable(t: torch.Tensor) -> torch.Tensor:
     # bool tensors are loaded through a zero-copy uint8 view; contiguous so a row id is an offset
     t = t.contiguous()
@@ -116,16 +136,14 @@ def _default_num_programs(x: torch.Tensor, num_row_blocks: int) -> int:
 
 def forward(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, labels: torch.Tensor,
             mask: torch.Tensor, compute_grad: bool, *, block_n: int | None = None,
-            num_programs: int | None = None, num_warps: int = 4):
+            num_programs: int | None = None):
     """x [N, H]. Returns loss [] fp32, counts [4] int64 (replaced correct / total, original
     correct / total), and when compute_grad dz [N] fp32, dw [H] fp32, db [] fp32 (for g = 1)."""
     N, H = x.shape
     if x.stride(1) != 1:
         x = x.contiguous()
-    block_h = triton.next_power_of_2(H)
-    if block_n is None:
-        # a [BLOCK_N, BLOCK_H] fp32 tile of at most 8192 values stays in registers
-        block_n = max(1, min(64, 8192 // block_h))
+    default_block_n, block_h = forward_blocks(H)
+    block_n = block_n or default_block_n
     num_row_blocks = triton.cdiv(N, block_n)
     if num_programs is None:
         num_programs = _default_num_programs(x, num_row_blocks)
@@ -146,7 +164,8 @@ def forward(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, labels: torch.Ten
         x, w.contiguous(), b, labels, mask, n_real,
         loss_part, counts_part, dz, dw_part, db_part,
         N, H, x.stride(0),
-        COMPUTE_GRAD=compute_grad, BLOCK_N=block_n, BLOCK_H=block_h, num_warps=num_warps,
+        COMPUTE_GRAD=compute_grad, BLOCK_N=block_n, BLOCK_H=block_h, num_warps=NUM_WARPS,
+        num_stages=NUM_STAGES, enable_fp_fusion=FP_FUSION,
     )
     loss = loss_part.sum() / n_real
     counts = counts_part.sum(dim=0, dtype=torch.int64)
@@ -160,8 +179,9 @@ def input_grad(dz: torch.Tensor, w: torch.Tensor, grad_loss: torch.Tensor,
     """dx [N, H] = grad_loss * dz[:, None] * w[None, :], written once in `dtype`."""
     N, H = dz.shape[0], w.shape[0]
     dx = torch.empty(N, H, dtype=dtype, device=dz.device)
-    block_n, block_h = 32, min(256, triton.next_power_of_2(H))
+    block_n, block_h = input_grad_blocks(H)
     grid = (triton.cdiv(N, block_n), triton.cdiv(H, block_h))
     _rtd_input_grad_kernel[grid](dz, w.contiguous(), grad_loss.float().contiguous(), dx, N, H,
-                                 BLOCK_N=block_n, BLOCK_H=block_h)
+                                 BLOCK_N=block_n, BLOCK_H=block_h, num_warps=NUM_WARPS,
+                                 num_stages=NUM_STAGES, enable_fp_fusion=FP_FUSION)
     return dx

@@ -25,7 +25,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 
 from fast_electra_kernels import counter_rng
 from fast_electra_kernels._dispatch import use_triton_for
@@ -46,15 +45,19 @@ class SampleOutput(NamedTuple):
 # Columns per group of the two-level draw. Part of what a draw is: another value draws other
 # tokens. The kernel's vocabulary tiles hold whole groups (BLOCK_V a multiple of GROUP).
 GROUP = 64
-# Pads z to whole groups: exp(_PAD - max) is 0, and, unlike -inf, 0 * _PAD is 0, not nan. With
-# noise in [-2.9, 16.7] a padded column never wins against a real (finite) one.
-_PAD = -1.0e38
+# z is clamped to [-_LIMIT, _LIMIT], and padded to whole groups with -_LIMIT. An infinite logit
+# (an fp16 decoder's output overflows past 65504) then counts as what it is, probability 1 or 0,
+# where inf - inf or 0 * -inf would be nan; exp(-_LIMIT - max) is 0 and, unlike -inf, 0 * -_LIMIT
+# is 0; a group of 64 such values still sums to a finite float32 (64e36 < 3.4e38). With noise in
+# [-2.9, 16.7] a padded column never wins against a real one above -_LIMIT. Finite logits below
+# _LIMIT in magnitude are left exactly as they are.
+_LIMIT = 1.0e36
 
 
 def gumbel_max(z: torch.Tensor, keys: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Draw a column of each row of softmax(z); z [n, V] fp32 (finite), keys [n] int32 row keys
-    (counter_rng.row_keys). Returns tokens [n] int64, lse [n] = logsumexp(z) and expected [n] =
+    """Draw a column of each row of softmax(z); z [n, V] fp32 (+-inf allowed), keys [n] int32 row
+    keys (counter_rng.row_keys). Returns tokens [n] int64, lse [n] = logsumexp(z) and expected [n] =
     E_p[z], both fp32.
 
     Two-level Gumbel-max. Split the V columns into groups of GROUP; group c has probability
@@ -70,7 +73,9 @@ def gumbel_max(z: torch.Tensor, keys: torch.Tensor
     """
     n, v = z.shape
     groups = -(-v // GROUP)
-    z3 = F.pad(z, (0, groups * GROUP - v), value=_PAD).view(n, groups, GROUP)
+    z3 = z.new_full((n, groups * GROUP), -_LIMIT)
+    z3[:, :v] = z
+    z3 = z3.clamp_(-_LIMIT, _LIMIT).view(n, groups, GROUP)
     gmax = z3.amax(-1)  # [n, groups], finite: every group has a real column
     e = torch.exp(z3 - gmax[..., None])  # [n, groups, GROUP]
     gsum = e.sum(-1)  # [n, groups]

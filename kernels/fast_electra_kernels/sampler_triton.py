@@ -4,7 +4,7 @@ Shapes (one launch):
   h        [M, H]   hidden states at masked positions, after the MLM head's transform
                     (fp16 / bf16 / fp32, unit stride along H)
   W        [V, H]   decoder weight, same dtype as h (unit stride along H)
-  b        [V]      decoder bias (any float dtype) or absent
+  b        [V]      decoder bias (any float dtype; zeros where there is none)
   rows     [M]      int64 global row ids: the RNG counter of each row (counter_rng.py)
   partials [S, M]   per vocabulary split s: running max, sum of exp, sum of exp * z,
                     best group score (sampler.gumbel_max) and the column drawn in that
@@ -30,11 +30,14 @@ int64 values. The uniforms are therefore bit-identical to the reference's; the n
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
 
 from fast_electra_kernels import counter_rng, sampler
+from fast_electra_kernels._dispatch import FP_FUSION
 
 MIX_MUL = tl.constexpr(counter_rng.MIX_MUL)
 COL_MUL = tl.constexpr(counter_rng.COL_MUL)
@@ -56,8 +59,8 @@ def _mix32(x):
 
 @triton.jit
 def _row_keys(seed_word, rows):
-    """counter_rng.row_keys: seed_word is the host's (seed & M32) ^ ((seed >> 32) & M32); rows
-    int64."""
+    """counter_rng.row_keys: seed_word is the host's (seed & M32) ^ ((seed >> 32) & M32) as an
+    int32 (`seed_word`); rows int64."""
     s = _mix32(seed_word.to(tl.uint32))
     # int64 -> uint32 truncates: the reference's `& M32` (for hi, after its arithmetic shift)
     hi = (rows >> 32).to(tl.uint32)
@@ -101,7 +104,7 @@ def _fused_sample_kernel(
     h_ptr, w_ptr, b_ptr, rows_ptr,
     max_ptr, sum_ptr, dot_ptr, best_ptr, idx_ptr, high_ptr, high_idx_ptr,  # partials [S, M]
     M, V, H, stride_hm, stride_wv, temperature, seed_word, tiles_per_split,
-    HAS_BIAS: tl.constexpr, DOT_IN_FP32: tl.constexpr,
+    DOT_IN_FP32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr,
     GROUPS_PER_TILE: tl.constexpr,
 ):
@@ -137,8 +140,7 @@ def _fused_sample_kernel(
                 acc = tl.dot(h.to(tl.float32), w.to(tl.float32), acc, input_precision="ieee")
             else:
                 acc = tl.dot(h, w, acc)
-        if HAS_BIAS:
-            acc += tl.load(b_ptr + offs_v, mask=v_mask, other=0.0).to(tl.float32)[None, :]
+        acc += tl.load(b_ptr + offs_v, mask=v_mask, other=0.0).to(tl.float32)[None, :]
         logits = tl.where(v_mask[None, :], acc, float("-inf"))
         tile_high = tl.max(logits, axis=1)
         # the first maximal column, as torch.argmax; strict > keeps the earlier tile on a tie
@@ -203,8 +205,16 @@ def _fused_sample_kernel(
 
 
 def seed_word(seed: int) -> int:
-    """The 32-bit word counter_rng.row_keys mixes into its seed key, computed once on the host."""
-    return (seed & counter_rng.M32) ^ ((seed >> 32) & counter_rng.M32)
+    """The 32-bit word counter_rng.row_keys mixes into its seed key, computed once on the host,
+    as the int32 with those bits. Triton types a Python int argument by its value (i32 below
+    2**31, i64 above) and compiles a kernel per type: an int32 always keeps it to one. The
+    kernels read it back with .to(tl.uint32): the same bits."""
+    word = (seed & counter_rng.M32) ^ ((seed >> 32) & counter_rng.M32)
+    return word - (1 << 32) if word >= 1 << 31 else word
+
+
+# the debug kernel's launch (fixed: it is not on the training path)
+NOISE_BLOCK_M, NOISE_BLOCK_V, NOISE_NUM_WARPS, NOISE_NUM_STAGES = 32, 128, 4, 3
 
 
 def noise(seed: int, rows: torch.Tensor, num_cols: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -212,15 +222,15 @@ def noise(seed: int, rows: torch.Tensor, num_cols: int) -> tuple[torch.Tensor, t
     M = rows.shape[0]
     u = torch.empty(M, num_cols, dtype=torch.float32, device=rows.device)
     g = torch.empty_like(u)
-    block_m, block_v = 32, 128
-    grid = (triton.cdiv(M, block_m), triton.cdiv(num_cols, block_v))
+    grid = (triton.cdiv(M, NOISE_BLOCK_M), triton.cdiv(num_cols, NOISE_BLOCK_V))
     _noise_kernel[grid](rows.contiguous(), u, g, M, num_cols, seed_word(seed),
-                        BLOCK_M=block_m, BLOCK_V=block_v)
+                        BLOCK_M=NOISE_BLOCK_M, BLOCK_V=NOISE_BLOCK_V, num_warps=NOISE_NUM_WARPS,
+                        num_stages=NOISE_NUM_STAGES, enable_fp_fusion=FP_FUSION)
     return u, g
 
 
-def default_num_splits(device: torch.device, M: int, V: int, block_m: int = 64,
-                       block_v: int = 128) -> int:
+def default_num_splits(device: torch.device, M: int, V: int, block_m: int,
+                       block_v: int) -> int:
     """Vocabulary splits: enough for ~2 programs per SM when row blocks alone would leave SMs
     idle (few masked rows); 1 on the CPU interpreter, which runs programs one after another."""
     if device.type != "cuda":
@@ -244,32 +254,118 @@ def merge_partials(run_max, run_sum, run_dot, best, best_idx, high, high_idx):
     return tokens, lse, expected, argmax
 
 
+@dataclass(frozen=True)
+class LaunchConfig:
+    """Tile sizes and launch options of one `_fused_sample_kernel` launch.
+
+    BLOCK_K is not part of it: it is fixed by the operands' dtype (`default_block_k`), so that a
+    config never changes the order in which a logit's products are summed, hence never a draw.
+    """
+
+    block_m: int  # rows of h per program
+    block_v: int  # vocabulary columns per tile (a multiple of sampler.GROUP)
+    num_warps: int
+    num_stages: int
+
+
+# The configs tried, in order of preference: the widest tiles first (fewer passes over W and h),
+# then fewer rows. benchmarks/kernel_resources.py --candidates compiles them all.
+CANDIDATES = (LaunchConfig(64, 128, 8, 3), LaunchConfig(64, 64, 8, 3),
+              LaunchConfig(32, 128, 8, 3), LaunchConfig(32, 64, 4, 3))
+
+# The default config by (GPU family, fp32 dot, aligned). A family is the capability the table was
+# checked on: sm_80 stands for every 8.x GPU, sm_90 for 9.0 and later. "aligned": Triton
+# specializes H and both row strides as multiples of 16 (every ELECTRA / BERT size), and the
+# tiles are then loaded as vectors and pipelined over num_stages; otherwise element by element,
+# which costs registers. Each entry is the first of CANDIDATES that the ptxas of Triton 3.9 (12.9
+# for sm_80, 13.4 for sm_90) and of Triton 3.6 (12.8 for both, the GPU machine's) compile
+# without spilling registers (benchmarks/results/kernel_resources*.md; the installed Triton's is
+# asserted by tests/test_kernel_compile.py). Speed on a GPU is not measured yet (no GPU where
+# this was written).
+_CONFIGS = {
+    (80, False, True): CANDIDATES[0],
+    (80, False, False): CANDIDATES[1],
+    (80, True, True): CANDIDATES[2],
+    (80, True, False): CANDIDATES[1],
+    (90, False, True): CANDIDATES[0],
+    (90, False, False): CANDIDATES[0],
+    (90, True, True): CANDIDATES[3],
+    (90, True, False): CANDIDATES[1],
+}
+FAMILIES = (80, 90)
+
+
+def family(capability: int | None) -> int:
+    """The `_CONFIGS` family of a CUDA capability (major * 10 + minor); None (the CPU
+    interpreter, where tile sizes change only the speed) takes sm_80's."""
+    if capability is None or capability < 90:
+        return 80
+    return 90
+
+
+def default_block_k(dot_in_fp32: bool) -> int:
+    """Columns of H per dot step: 32 for fp32 operands (a [64, 32] fp32 tile of h is as many
+    bytes as a [64, 64] 16-bit one), 64 for fp16 / bf16."""
+    return 32 if dot_in_fp32 else 64
+
+
+def launch_config(capability: int | None, dot_in_fp32: bool, aligned: bool) -> LaunchConfig:
+    """The default launch of `sample` on a GPU of this capability (None: the interpreter)."""
+    return _CONFIGS[family(capability), dot_in_fp32, aligned]
+
+
+def is_aligned(H: int, *row_strides: int) -> bool:
+    """Whether Triton specializes H and the row strides as multiples of 16 (the loads then
+    vectorize; see `_CONFIGS`)."""
+    return all(n % 16 == 0 for n in (H, *row_strides))
+
+
+def capability_of(device: torch.device) -> int | None:
+    """major * 10 + minor of a CUDA device, None for the CPU (the interpreter)."""
+    if device.type != "cuda":
+        return None
+    major, minor = torch.cuda.get_device_capability(device)
+    return 10 * major + minor
+
+
+def uses_fp32_dot(dtype: torch.dtype, on_cuda: bool) -> bool:
+    """fp32 inputs: full-precision products like the reference's fp32 matmul (tf32 would drift).
+    fp16 / bf16 products are exact in the fp32 accumulator, so the tensor-core dot on them is
+    exact too; but the CPU interpreter multiplies bf16 bit patterns as integers
+    (triton-lang/triton#11584), so there bf16 operands are widened to fp32 first (same
+    values)."""
+    return dtype == torch.float32 or (not on_cuda and dtype == torch.bfloat16)
+
+
 def sample(h: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None, temperature: float,
-           seed: int, rows: torch.Tensor, *, block_m: int = 64, block_v: int = 128,
-           block_k: int | None = None, num_splits: int | None = None,
-           num_warps: int = 8, num_stages: int = 3):
+           seed: int, rows: torch.Tensor, *, block_m: int | None = None,
+           block_v: int | None = None, block_k: int | None = None,
+           num_splits: int | None = None, num_warps: int | None = None,
+           num_stages: int | None = None):
     """Launch the fused sampler; returns (tokens [M] int64, lse [M] fp32, E[z] [M] fp32,
     argmax of the logits [M] int64).
 
-    Block sizes are fixed defaults, not tuned per device; `num_splits` (vocabulary splits, merged
-    afterwards) defaults to `default_num_splits`.
+    Tile sizes and launch options default to `launch_config` for this device, operand dtype and
+    alignment (any given one overrides its default); `num_splits` (vocabulary splits, merged
+    afterwards) defaults to `default_num_splits`. The draws depend on none of the tiles, warps,
+    stages or splits (tests/test_kernels_sampler.py), lse and E[z] only in the order the tiles
+    are merged; block_k (by default fixed per dtype, and in no config) orders the dot's sums.
     """
     M, H = h.shape
     V = W.shape[0]
-    if block_v % sampler.GROUP:
-        raise ValueError(f"block_v={block_v}: the vocabulary tiles hold whole groups of the "
-                         f"two-level draw, so block_v must be a multiple of {sampler.GROUP}")
     if h.stride(1) != 1:
         h = h.contiguous()
     if W.stride(1) != 1:
         W = W.contiguous()
-    # fp32 inputs: full-precision products like the reference's fp32 matmul (tf32 would drift).
-    # fp16 / bf16 products are exact in the fp32 accumulator, so the tensor-core dot on them is
-    # exact too; but the CPU interpreter multiplies bf16 bit patterns as integers
-    # (triton-lang/triton#11584), so there bf16 operands are widened to fp32 first (same values).
-    dot_in_fp32 = h.dtype == torch.float32 or (not h.is_cuda and h.dtype == torch.bfloat16)
-    if block_k is None:
-        block_k = 32 if dot_in_fp32 else 64
+    fp32_dot = uses_fp32_dot(h.dtype, h.is_cuda)
+    config = launch_config(capability_of(h.device), fp32_dot,
+                           is_aligned(H, h.stride(0), W.stride(0)))
+    block_m = block_m or config.block_m
+    block_v = block_v or config.block_v
+    block_k = block_k or default_block_k(fp32_dot)
+    if block_v % sampler.GROUP:
+        raise ValueError(f"block_v={block_v}: the vocabulary tiles hold whole groups of the "
+                         f"two-level draw, so block_v must be a multiple of {sampler.GROUP}")
     num_row_blocks = triton.cdiv(M, block_m)
     num_tiles = triton.cdiv(V, block_v)
     if num_splits is None:
@@ -277,15 +373,25 @@ def sample(h: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None, temperature
     tiles_per_split = triton.cdiv(num_tiles, num_splits)
     num_splits = triton.cdiv(num_tiles, tiles_per_split)  # no empty split
 
-    partial = torch.empty(5, num_splits, M, dtype=torch.float32, device=h.device)
-    index = torch.empty(2, num_splits, M, dtype=torch.int32, device=h.device)
+    # one allocation per output: each pointer is then 16-byte aligned whatever M is, so Triton
+    # compiles one specialization of them (the one tests/test_kernel_compile.py compiles)
+    def partial(dtype):
+        return torch.empty(num_splits, M, dtype=dtype, device=h.device)
+
+    if b is None:
+        # zeros, not a kernel variant without the bias: one compiled kernel less, and the library
+        # always has a bias (mlm_head.output_projection makes a zero one where a head has none)
+        b = W.new_zeros(V)
+    run_max, run_sum, run_dot, best, high = (partial(torch.float32) for _ in range(5))
+    best_idx, high_idx = partial(torch.int32), partial(torch.int32)
     _fused_sample_kernel[(num_row_blocks, num_splits)](
-        h, W, b if b is not None else h, rows.contiguous(),
-        partial[0], partial[1], partial[2], partial[3], index[0], partial[4], index[1],
-        M, V, H, h.stride(0), W.stride(0), float(temperature), seed_word(seed), tiles_per_split,
-        HAS_BIAS=b is not None, DOT_IN_FP32=dot_in_fp32,
+        h, W, b, rows.contiguous(),
+        run_max, run_sum, run_dot, best, best_idx, high, high_idx,
+        M, V, H, h.stride(0), W.stride(0), float(temperature), seed_word(seed),
+        tiles_per_split,
+        DOT_IN_FP32=fp32_dot,
         BLOCK_M=block_m, BLOCK_V=block_v, BLOCK_K=block_k, GROUPS_PER_TILE=block_v // sampler.GROUP,
-        num_warps=num_warps, num_stages=num_stages,
+        num_warps=num_warps or config.num_warps, num_stages=num_stages or config.num_stages,
+        enable_fp_fusion=FP_FUSION,
     )
-    return merge_partials(partial[0], partial[1], partial[2], partial[3], index[0], partial[4],
-                          index[1])
+    return merge_partials(run_max, run_sum, run_dot, best, best_idx, high, high_idx)

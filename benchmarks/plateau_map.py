@@ -69,7 +69,37 @@ VARIANTS = {
     "prior-init-paper-schedule": ["model.head_bias_init=prior", *PAPER, *RECIPE],
     "prior-init-constant-T1": ["model.head_bias_init=prior", "temperature.schedule=constant",
                                "temperature.t0=1.0", *RECIPE],
+    # a confident generator: the same one with its logits x3 (its head's LayerNorm and output
+    # bias scaled), i.e. the same ranking of tokens, much sharper; still judged by the original
+    "sharp-generator-paper-schedule": ["model.head_bias_init=prior", *PAPER, *RECIPE],
+    "sharp-generator-calibrated": ["model.head_bias_init=prior",
+                                   "temperature.schedule=calibrated", *RECIPE],
 }
+SHARPEN = {"sharp-generator-paper-schedule": 3.0, "sharp-generator-calibrated": 3.0}
+
+
+def sharpened(generator: Path, factor: float) -> Path:
+    """A copy of the masked LM `generator` whose logits are `factor` times its own."""
+    out = generator.parent / f"generator-logits-x{factor:g}"
+    if out.is_dir():
+        return out
+    import shutil
+
+    import torch
+    from transformers import ElectraForMaskedLM
+
+    model = ElectraForMaskedLM.from_pretrained(generator)
+    with torch.no_grad():  # logits = W LN(h) + b: scale LN's gain and bias, and b
+        norm = model.generator_predictions.LayerNorm
+        norm.weight.mul_(factor)
+        norm.bias.mul_(factor)
+        model.generator_lm_head.bias.mul_(factor)
+    tmp = out.with_suffix(".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(generator, tmp)
+    model.save_pretrained(tmp)
+    tmp.rename(out)
+    return out
 FE = [sys.executable, "-m", "fast_electra_ds"]
 
 
@@ -124,8 +154,11 @@ def run_cell(variant: str, overrides: list[str], corpus: str, vocab: int, size: 
     if _finished(run_dir, steps) and (run_dir / "independent.json").is_file():
         return run_dir
     start = time.time()
+    generator = paths["generator"]
+    if variant in SHARPEN:
+        generator = sharpened(generator, SHARPEN[variant])
     _run("pretrain", "--config", "demo", f"mode={method}", f"run_dir={run_dir}",
-         f"data.paths={paths['data']}", f"generator.path={paths['generator']}",
+         f"data.paths={paths['data']}", f"generator.path={generator}",
          f"eval.judge={paths['generator']}", f"train.steps={steps}", "eval.every=250",
          "device=cpu", "checkpoint.resume=none", "logging.progress_bar=false",
          *SHAPES[size], *overrides)

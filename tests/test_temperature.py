@@ -51,11 +51,21 @@ def test_calibrated_t0_puts_the_entropy_that_share_of_the_way_to_uniform(sharpne
     t0, h1, target = calibrate_t0(logits, start_entropy)
     assert h1 == pytest.approx(mean_entropy(logits, 1.0))
     assert target == pytest.approx(h1 + start_entropy * (math.log(500) - h1))
-    assert mean_entropy(logits, t0) == pytest.approx(target, abs=1e-6)
-    assert t0 > 1.0
+    # T0 is rounded to 3 decimals: the target lies between the entropies half a unit either side
+    assert mean_entropy(logits, t0 - 5e-4) <= target <= mean_entropy(logits, t0 + 5e-4)
+    assert t0 > 1.0 and t0 == round(t0, 3)
     # a sharper generator needs a hotter start to reach the same share of the way
     if sharpness > 1:
         assert t0 > calibrate_t0(logits / sharpness, start_entropy)[0]
+
+
+def test_calibrated_t0_ignores_last_bit_differences_in_the_logits():
+    """The generator's logits differ in their last bits between a 1-rank and a 2-rank run (the
+    batch shape, the thread count); both must sample at the same T0."""
+    g = torch.Generator().manual_seed(1)
+    logits = 3.0 * torch.randn(256, 400, generator=g)  # [N, V]
+    noisy = logits * (1 + 1e-6 * torch.randn(logits.shape, generator=g))
+    assert calibrate_t0(noisy, 0.9)[0] == calibrate_t0(logits, 0.9)[0]
 
 
 def test_calibration_of_a_uniform_generator_starts_at_1():

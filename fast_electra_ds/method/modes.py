@@ -127,7 +127,10 @@ class Mode(ABC):
     # ---- one micro-batch ---------------------------------------------------------------------
 
     def temperature(self, u: float) -> float:
-        """The sampling temperature at the fraction u of training done (training/progress.py)."""
+        """The sampling temperature at the fraction u of training done (training/progress.py);
+        1.0 in a mode that draws nothing (the loop's T is then unused)."""
+        if not self.samples:
+            return 1.0
         return temperature_at(self.cfg.temperature, u, t0=self.t0)
 
     def calibrate(self, first_batches: Callable[[], Iterable[MaskedBatch]]) -> None:
@@ -295,9 +298,6 @@ class MaskedLM(Mode):
 
     def build(self) -> nn.Module:
         return MLMObjective(self._generator())
-
-    def temperature(self, u: float) -> float:
-        return 1.0  # nothing is sampled; the loop's T is unused
 
     def _sequence_flops(self) -> int:
         return flops.TRAINED * self._generator_flops()

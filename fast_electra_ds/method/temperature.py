@@ -62,7 +62,9 @@ def calibrate_t0(logits: torch.Tensor, start_entropy: float, *, t_max: float = 1
     """The temperature T0 >= 1 at which the mean entropy of softmax(logits / T0) is
     H(1) + start_entropy * (log V - H(1)); logits [N, V] of a generator at masked positions.
     Returns (T0, H(1), the target). Entropy grows with T (towards log V), so bisection on log T
-    finds it; 40 halvings of [1, t_max] leave T0 within 1e-10 relative."""
+    finds it; 40 halvings of [1, t_max] leave T0 within 1e-10 relative, and T0 is then rounded
+    to 3 decimals: the generator's logits differ in their last bits with the batch shape and
+    the thread count, and every rank, world size and resume of a run must sample at the same T."""
     h1 = mean_entropy(logits, 1.0)
     target = h1 + start_entropy * (math.log(logits.shape[-1]) - h1)
     if target - h1 < 1e-6:  # already (nearly) uniform: no hotter start exists
@@ -76,4 +78,4 @@ def calibrate_t0(logits: torch.Tensor, start_entropy: float, *, t_max: float = 1
             lo = mid
         else:
             hi = mid
-    return math.exp(hi), h1, target
+    return max(1.0, round(math.exp(hi), 3)), h1, target

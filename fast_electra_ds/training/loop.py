@@ -129,14 +129,13 @@ def _pretrain(cfg: RunConfig, env: DistEnv) -> PretrainResult:
     masker = Masker(seq_len=cfg.data.seq_len, vocab_size=vocab_size, mask_id=special["mask"],
                     special_ids=data_info.special_ids,
                     mask_prob=cfg.masking.mask_prob, style=cfg.masking.style, seed=cfg.seed)
-    # what the schedule measures (schedule=calibrated): the first 256 training sequences, read
-    # from the start whatever the rank or a resume, so every rank and every attempt agrees
+    # what the schedule measures (schedule=calibrated): the first 256 training sequences in
+    # batches of 16, read from the start whatever the rank, micro-batch or resume, so every
+    # rank and every attempt agrees
     mode.calibrate(lambda: itertools.islice(build_loader(
-        cfg.data.paths, split="train", seq_len=cfg.data.seq_len,
-        micro_batch_size=cfg.train.micro_batch_size,
-        global_batch_size=cfg.train.micro_batch_size, rank=0, world_size=1, seed=cfg.seed,
-        consumed_samples=0, masker=masker, weights=cfg.data.weights or None),
-        -(-256 // cfg.train.micro_batch_size)))
+        cfg.data.paths, split="train", seq_len=cfg.data.seq_len, micro_batch_size=16,
+        global_batch_size=16, rank=0, world_size=1, seed=cfg.seed,
+        consumed_samples=0, masker=masker, weights=cfg.data.weights or None), 256 // 16))
     train_batches = build_loader(
         cfg.data.paths, split="train", seq_len=cfg.data.seq_len,
         micro_batch_size=cfg.train.micro_batch_size,

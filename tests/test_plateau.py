@@ -59,6 +59,23 @@ def test_watch_warns_once_after_patience_past_warmup_and_says_when_the_run_leave
         messages[850]
 
 
+def test_a_warned_run_at_the_edge_of_the_margin_is_not_said_to_leave():
+    """The demo's electra run: warned at step 1,100, recall 0 throughout, its training loss
+    drifted to 2.2% under H(r) by step 3,900; that is noise at the margin, not learning."""
+    watch = PlateauWatch(warmup_steps=0, patience=200)
+    assert watch.observe(100, 0, _window()) is None
+    assert watch.observe(300, 100, _window()) is not None  # warned
+    assert watch.observe(400, 300, _window(loss_over_prior=1 - 1.1 * MARGIN)) is None
+    assert watch.warned  # the warning stands
+    left = watch.observe(500, 400, _window(loss_over_prior=1 - 2.5 * MARGIN))
+    assert left is not None and left.startswith("the discriminator left")
+    watch = PlateauWatch(warmup_steps=0, patience=200)
+    watch.observe(100, 0, _window())
+    assert watch.observe(300, 100, _window()) is not None
+    assert watch.observe(400, 300, _window(recall=2 * MAX_RECALL)).startswith(
+        "the discriminator left")
+
+
 def test_watch_restarts_the_stretch_when_a_window_learns_and_keeps_its_state_across_resume():
     watch = PlateauWatch(warmup_steps=0, patience=200)
     assert watch.observe(100, 0, _window()) is None

@@ -257,16 +257,20 @@ def build_parser() -> argparse.ArgumentParser:
     from fast_electra_ds.downstream.glue import TASKS
 
     p = sub.add_parser("finetune", help="GLUE fine-tuning (ELECTRA recipe, several seeds)",
-                       description="Fine-tune a HF model folder on a GLUE task from its local "
-                                   "TSV files with AdamW, layer-wise LR decay and linear "
-                                   "warmup/decay, once per seed; writes results.json with each "
-                                   "seed's dev metrics and their median.")
+                       description="Fine-tune a HF model folder on a GLUE task, from its local "
+                                   "TSV files (--data-dir) or else from the hub dataset "
+                                   "nyu-mll/glue through `datasets`, with AdamW, layer-wise LR "
+                                   "decay and linear warmup/decay, once per seed; writes "
+                                   "results.json with each seed's dev metrics and their median.")
     p.add_argument("--model", required=True, metavar="DIR",
                    help="HF model folder with its tokenizer (e.g. EXPORT/discriminator)")
     p.add_argument("--task", required=True, metavar="TASK",
                    help=f"one of {', '.join(TASKS)}")
-    p.add_argument("--data-dir", required=True, metavar="DIR",
-                   help="the task's GLUE folder (train.tsv, dev.tsv or dev_matched.tsv)")
+    p.add_argument("--data-dir", default=None, metavar="DIR",
+                   help="the task's GLUE folder (train.tsv, dev.tsv or dev_matched.tsv) or the "
+                        "GLUE root; default: the hub dataset nyu-mll/glue (config TASK, dev = "
+                        "validation, MNLI's validation_matched), downloaded once into the "
+                        "datasets cache; HF_DATASETS_OFFLINE=1 reads that cache without network")
     p.add_argument("--seeds", type=_seed_list, default=(1, 2, 3), metavar="1,2,3",
                    help="one run per seed; the median is reported (default 1,2,3)")
     p.add_argument("--epochs", type=float, default=None, metavar="N",

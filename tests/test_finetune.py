@@ -2,13 +2,19 @@
 
 The GLUE fixtures are small files in the GLUE distribution's layouts, built from lines of the
 bundled corpus with synthetic labels; the model is a freshly built tiny ELECTRA discriminator
-saved with the tiny tokenizer (what `fast-electra export` writes, minus the pretraining).
+saved with the tiny tokenizer (what `fast-electra export` writes, minus the pretraining). The hub
+dataset nyu-mll/glue is stood in for by in-memory DatasetDicts with its columns, class labels and
+splits, returned by a replaced `datasets.load_dataset` (there is no network here); the offline
+error is checked with the real one, offline and with an empty cache.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -274,3 +280,186 @@ def test_bad_input_is_a_user_error(tmp_path, tiny_model, capsys, case, needle):
     assert str(folder / ("train.tsv" if case != "missing_dev" else "dev.tsv")) in err \
         or case in ("unknown_task", "not_a_model")
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# The hub dataset nyu-mll/glue, without --data-dir
+
+# task: (text columns, class names in the hub's id order, the TSV label of each hub id), as the
+# dataset card lists them; STS-B's label is a float score
+HUB_LAYOUT = {
+    "cola": (("sentence",), ("unacceptable", "acceptable"), ("0", "1")),
+    "sst2": (("sentence",), ("negative", "positive"), ("0", "1")),
+    "mrpc": (("sentence1", "sentence2"), ("not_equivalent", "equivalent"), ("0", "1")),
+    "stsb": (("sentence1", "sentence2"), None, None),
+    "qqp": (("question1", "question2"), ("not_duplicate", "duplicate"), ("0", "1")),
+    "mnli": (("premise", "hypothesis"), ("entailment", "neutral", "contradiction"),
+             ("entailment", "neutral", "contradiction")),
+    "qnli": (("question", "sentence"), ("entailment", "not_entailment"),
+             ("entailment", "not_entailment")),
+    "rte": (("sentence1", "sentence2"), ("entailment", "not_entailment"),
+            ("entailment", "not_entailment")),
+}
+HUB_SPLITS = {"mnli": ("train", "validation_matched", "validation_mismatched", "test_matched",
+                       "test_mismatched")}
+
+
+def _rows(task: str, n: int, skip: int) -> list[tuple[tuple[str, ...], str]]:
+    """n examples of `task` as (texts, TSV label): a verse (every third one labelled "1"), or a
+    pair, the verse with itself (the last class, score 5) or with its neighbour (the others in
+    turn, a score below 3)."""
+    lines = _corpus_lines(n + 1, skip)
+    labels = HUB_LAYOUT[task][2]
+    rows = []
+    for i in range(n):
+        if len(HUB_LAYOUT[task][0]) == 1:
+            rows.append(((lines[i],), labels[int(i % 3 == 0)]))
+            continue
+        same = i % 2 == 0
+        if labels is None:
+            label = "5.0" if same else f"{(i * 0.37) % 3:.3f}"
+        else:
+            label = labels[-1] if same else labels[(i // 2) % (len(labels) - 1)]
+        rows.append(((lines[i], lines[i] if same else lines[i + 1]), label))
+    return rows
+
+
+def _write_task_tsv(folder: Path, task: glue.Task, split_rows: dict[str, list]) -> None:
+    """train.tsv and the dev file of `task` in the GLUE distribution's layout."""
+    for split, rows in split_rows.items():
+        path = folder / ("train.tsv" if split == "train" else task.dev_file)
+        if task.columns is not None:  # CoLA: source, label, original label, sentence
+            _write_tsv(path, None, [["gj04", label, "", texts[0]] for texts, label in rows])
+        else:
+            _write_tsv(path, ["index", *task.text_columns, task.label_column],
+                       [[i, *texts, label] for i, (texts, label) in enumerate(rows)])
+
+
+def _hub_dataset(task: str, split_rows: dict[str, list]):
+    """A DatasetDict as load_dataset("nyu-mll/glue", task) returns it: every split of the card,
+    test splits unlabelled (-1), the others holding `split_rows`."""
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+
+    text_columns, names, tsv_labels = HUB_LAYOUT[task]
+    features = Features({**{c: Value("string") for c in text_columns},
+                         "label": ClassLabel(names=list(names)) if names else Value("float32"),
+                         "idx": Value("int32")})
+    splits = {}
+    for split in HUB_SPLITS.get(task, ("train", "validation", "test")):
+        rows = split_rows["train" if split == "train" else "dev"]
+        label = (lambda raw: -1) if split.startswith("test") else \
+            (float if names is None else tsv_labels.index)
+        splits[split] = Dataset.from_dict(
+            {**{c: [texts[k] for texts, _ in rows] for k, c in enumerate(text_columns)},
+             "label": [label(raw) for _, raw in rows], "idx": list(range(len(rows)))},
+            features=features)
+    return DatasetDict(splits)
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    """Stands in `datasets.load_dataset` for nyu-mll/glue: fake_hub[task] = DatasetDict."""
+    import datasets
+
+    configs: dict = {}
+
+    def load_dataset(path, name=None, **kwargs):
+        assert path == "nyu-mll/glue" and not kwargs, (path, kwargs)
+        return configs[name]
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    return configs
+
+
+def test_hub_gives_the_tsv_examples_for_every_task(tmp_path, fake_hub):
+    """Same rows as TSV files and as nyu-mll/glue: the same texts and label ids (MNLI's hub ids
+    are in another order), dev from validation (MNLI: validation_matched)."""
+    assert set(HUB_LAYOUT) == set(glue.TASKS)
+    for name in glue.TASKS:
+        task = glue.get_task(name)
+        split_rows = {"train": _rows(name, 12, 0), "dev": _rows(name, 6, 300)}
+        _write_task_tsv(tmp_path / task.folder, task, split_rows)
+        fake_hub[name] = _hub_dataset(name, split_rows)
+        hub_train, hub_dev = glue.read_hub(task)
+        for split, hub in (("train", hub_train), ("dev", hub_dev)):
+            tsv = glue.read_split(tmp_path / task.folder, task, split)
+            assert hub.texts == tsv.texts and hub.num_skipped == tsv.num_skipped == 0, name
+            assert hub.labels.dtype == tsv.labels.dtype, name
+            np.testing.assert_array_equal(hub.labels, tsv.labels, err_msg=name)
+            if task.labels is not None:
+                assert len(set(hub.labels.tolist())) > 1, name  # the labels vary
+
+
+@pytest.mark.parametrize("task", ["sst2", "mrpc"])
+def test_finetune_without_data_dir_trains_on_the_hub_as_on_tsv(tmp_path, tiny_model, fake_hub,
+                                                               capsys, task):
+    """The whole command on nyu-mll/glue rows gives the results it gives on the same rows as TSV
+    files (same examples, same seed: the same metrics)."""
+    glue_task = glue.get_task(task)
+    split_rows = {"train": _rows(task, NUM_ROWS, 0), "dev": _rows(task, NUM_ROWS, 200)}
+    _write_task_tsv(tmp_path / "tsv", glue_task, split_rows)
+    fake_hub[task] = _hub_dataset(task, split_rows)
+    args = ["finetune", "--model", str(tiny_model), "--task", task, "--seeds", "1",
+            "--epochs", "1", "--batch-size", "16", "--device", "cpu"]
+    assert main(args + ["--output", str(tmp_path / "hub_out")]) == 0
+    assert f"{task}: reading nyu-mll/glue ({task})" in capsys.readouterr().out
+    assert main(args + ["--data-dir", str(tmp_path / "tsv"),
+                        "--output", str(tmp_path / "tsv_out")]) == 0
+    hub, tsv = (json.loads((tmp_path / out / "results.json").read_text())
+                for out in ("hub_out", "tsv_out"))
+    assert hub["num_train"] == hub["num_dev"] == NUM_ROWS
+    assert hub["config"]["data_dir"] is None
+    for results in (hub, tsv):
+        results["per_seed"]["1"].pop("train_time_s")
+    assert hub["per_seed"] == tsv["per_seed"] and hub["median"] == tsv["median"]
+    assert all(v is not None for v in hub["median"].values())
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("missing_column", "nyu-mll/glue (sst2, train) lacks the column(s) sentence"),
+    ("other_classes", "the label column's classes are bad, good, not negative, positive"),
+    ("missing_split", "holds the splits train, test, not validation; pass --data-dir"),
+])
+def test_unexpected_hub_layout_is_a_user_error(tmp_path, tiny_model, fake_hub, capsys, case,
+                                               needle):
+    from datasets import ClassLabel, Dataset, DatasetDict
+
+    dataset = _hub_dataset("sst2", {"train": _rows("sst2", 4, 0), "dev": _rows("sst2", 4, 9)})
+    if case == "missing_column":
+        dataset = dataset.rename_column("sentence", "text")
+    elif case == "other_classes":
+        features = dataset["train"].features.copy()
+        features["label"] = ClassLabel(names=["bad", "good"])
+        dataset = DatasetDict({split: Dataset.from_dict(ds.to_dict(), features=features)
+                               for split, ds in dataset.items()})
+    else:
+        del dataset["validation"]
+    fake_hub["sst2"] = dataset
+    code = main(["finetune", "--model", str(tiny_model), "--task", "sst2", "--seeds", "1",
+                 "--device", "cpu", "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and needle in err and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_offline_without_a_cached_copy_is_a_user_error(tmp_path, tiny_model):
+    """The real `datasets`, offline with an empty cache: exit 2, a message naming the dataset and
+    both ways out, and no output folder."""
+    hf_home = tmp_path / "hf"
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(hf_home),
+           "HF_DATASETS_CACHE": str(hf_home / "datasets"),
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "fast_electra_ds", "finetune", "--model", str(tiny_model),
+         "--task", "mnli", "--seeds", "1", "--device", "cpu", "--output", str(out)],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    err = proc.stderr
+    assert err.startswith("error: the hub dataset nyu-mll/glue (config mnli) cannot be loaded "
+                          "(offline mode is on"), err
+    assert "Traceback" not in err and str(hf_home / "datasets") in err
+    assert "HF_DATASETS_OFFLINE=1" in err
+    assert "pass --data-dir with the task's GLUE TSV folder (MNLI/: train.tsv and " \
+           "dev_matched.tsv)" in err
+    assert not out.exists()

@@ -17,6 +17,10 @@ errors="skip" a file that holds invalid bytes is copied, without its invalid lin
 folder and read from there (exact: a line is kept iff its bytes are valid UTF-8; the copy costs
 disk only for files that need it); the number of skipped lines is printed and kept in
 `Corpus.num_skipped_lines`. Parquet strings are UTF-8 by construction.
+
+Small labelled hub datasets (GLUE for fine-tuning) are read whole instead, by `read_hub_splits`:
+downloaded once into datasets' cache, which HF_DATASETS_OFFLINE=1 reads without network. This
+module is where the project imports `datasets`.
 """
 
 from __future__ import annotations
@@ -260,6 +264,48 @@ def _hub_dataset(name: str, split: str):
             f"{split!r}) cannot be read: {type(e).__name__}: {str(e)[:300]}. Check the name and "
             f"--split; without network, save it elsewhere with datasets' save_to_disk and pass "
             f"that folder") from None
+
+
+@dataclass(frozen=True)
+class HubSplit:
+    """One split of a hub dataset, read whole."""
+
+    columns: dict[str, list]  # column name -> its values, one per row
+    class_names: dict[str, tuple[str, ...]]  # class-label column -> its class names, in id order
+
+
+def read_hub_splits(name: str, config: str, splits: Sequence[str], *, instead: str,
+                    ) -> dict[str, HubSplit]:
+    """`splits` of the hub dataset `name` (its config `config`), loaded through datasets' cache
+    (HF_HOME / HF_DATASETS_CACHE; with HF_DATASETS_OFFLINE=1 from the cache alone, without
+    network). A dataset that cannot be loaded (no network, offline and not cached, no such
+    config) or that lacks one of `splits` is a UserError ending with `instead`: what the caller
+    can do in its place."""
+    from datasets import ClassLabel, load_dataset
+    from datasets import config as datasets_config
+
+    try:
+        dataset = load_dataset(name, config)
+    except Exception as e:  # noqa: BLE001 (connection, offline without a copy, not found...)
+        offline = (f" (offline mode is on: only the datasets cache "
+                   f"{datasets_config.HF_DATASETS_CACHE} is read)"
+                   if datasets_config.HF_HUB_OFFLINE else "")
+        raise UserError(
+            f"the hub dataset {name} (config {config}) cannot be loaded{offline}: "
+            f"{type(e).__name__}: {str(e)[:300]}. Either load it once where the hub is "
+            f"reachable, so that the datasets cache (HF_HOME or HF_DATASETS_CACHE) holds a copy, "
+            f"and set HF_DATASETS_OFFLINE=1 to read that copy without network; or "
+            f"{instead}") from None
+    missing = [split for split in splits if split not in dataset]
+    if missing:
+        raise UserError(f"the hub dataset {name} (config {config}) holds the splits "
+                        f"{', '.join(dataset)}, not {', '.join(missing)}; {instead}")
+    return {split: HubSplit(
+        columns=dataset[split].to_dict(),
+        class_names={column: tuple(feature.names)
+                     for column, feature in dataset[split].features.items()
+                     if isinstance(feature, ClassLabel)})
+        for split in splits}
 
 
 def _stream(path: Path, builder: str, split: str = "train") -> Iterator[dict[str, list]]:

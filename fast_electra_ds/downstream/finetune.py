@@ -1,7 +1,8 @@
 """GLUE fine-tuning with the ELECTRA recipe, several seeds, median reported.
 
     model folder (e.g. export's OUTPUT/discriminator) -> AutoModelForSequenceClassification
-    GLUE TSVs (glue.py) -> tokenized once -> for each seed: train, evaluate on dev -> results.json
+    GLUE TSVs or the hub's nyu-mll/glue (glue.py) -> tokenized once
+        -> for each seed: train, evaluate on dev -> results.json
 
 The recipe (Clark et al. 2020, Table 7): AdamW (beta 0.9/0.999, eps 1e-6), linear warmup over the
 first 10% of the steps then linear decay to 0, batch 32, max length 128, 3 epochs (10 for RTE and
@@ -32,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fast_electra_ds.downstream.glue import (Examples, Task, compute_metrics, get_task, read_split,
-                                             task_dir)
+from fast_electra_ds.downstream.glue import (HUB_DATASET, Examples, Task, compute_metrics,
+                                             get_task, read_hub, read_split, task_dir)
 from fast_electra_ds.errors import UserError
 
 
@@ -43,8 +44,9 @@ class FinetuneConfig:
     """Folder of a HF model and its tokenizer (e.g. export's OUTPUT/discriminator)."""
     task: str
     """GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte."""
-    data_dir: str
-    """The task's GLUE folder (train.tsv and the dev file), or the GLUE root holding it."""
+    data_dir: str | None = None
+    """The task's GLUE folder (train.tsv and the dev file), or the GLUE root holding it; None: the
+    hub dataset nyu-mll/glue, through datasets' cache."""
     seeds: tuple[int, ...] = (1, 2, 3)
     epochs: float | None = None
     """None: the task's ELECTRA default (glue.Task.epochs)."""
@@ -71,8 +73,12 @@ def finetune(cfg: FinetuneConfig, *, overwrite: bool = False, log=print) -> dict
         raise UserError(f"{results_path} already exists; pass --overwrite to replace it, or "
                         f"choose another --output")
     device = _device(cfg.device)
-    folder = task_dir(cfg.data_dir, task)
-    train, dev = read_split(folder, task, "train"), read_split(folder, task, "dev")
+    if cfg.data_dir is None:
+        log(f"{task.name}: reading {HUB_DATASET} ({task.name}) through datasets (no --data-dir)")
+        train, dev = read_hub(task)
+    else:
+        folder = task_dir(cfg.data_dir, task)
+        train, dev = read_split(folder, task, "train"), read_split(folder, task, "dev")
     for split, ex in (("train", train), ("dev", dev)):
         if ex.num_skipped:
             log(f"{task.name} {split}: skipped {ex.num_skipped} line(s) with too few columns")

@@ -1,4 +1,5 @@
-"""GLUE tasks as distributed (local TSV files), and their metrics in plain numpy.
+"""GLUE tasks as distributed (local TSV files) or on the hub (nyu-mll/glue), and their metrics in
+plain numpy.
 
 Each task folder of the GLUE distribution (e.g. glue_data/SST-2) holds train.tsv and a dev file,
 tab-separated, one example per line, with the columns below (read by name from the header line;
@@ -16,6 +17,23 @@ mapped to ids in the order listed; STS-B's score is a float (regression).
 | qnli | QNLI   | dev.tsv         | question, sentence   | label: (not_)entailment | accuracy          |
 | rte  | RTE    | dev.tsv         | sentence1, sentence2 | label: (not_)entailment | accuracy          |
 
+Without a TSV folder, a task is read from the hub dataset nyu-mll/glue through `datasets`
+(`read_hub`; config = the task name above, dev = its validation split, MNLI's validation_matched)
+and converted to what the TSV files give for the same rows: the same texts in the same order and
+the same label ids. Its columns and class names (in the hub's id order, which for MNLI differs
+from the ids above):
+
+| task | text columns         | label class names                          |
+|------|----------------------|--------------------------------------------|
+| cola | sentence             | unacceptable, acceptable                   |
+| sst2 | sentence             | negative, positive                         |
+| mrpc | sentence1, sentence2 | not_equivalent, equivalent                 |
+| stsb | sentence1, sentence2 | (a float score)                            |
+| qqp  | question1, question2 | not_duplicate, duplicate                   |
+| mnli | premise, hypothesis  | entailment, neutral, contradiction         |
+| qnli | question, sentence   | entailment, not_entailment                 |
+| rte  | sentence1, sentence2 | entailment, not_entailment                 |
+
 The main metric is the one ELECTRA reports on the dev sets (Clark et al. 2020: Spearman for
 STS-B, Matthews correlation for CoLA, accuracy for the rest); F1 and Pearson come along.
 """
@@ -27,7 +45,19 @@ from pathlib import Path
 
 import numpy as np
 
+from fast_electra_ds.data.corpus import HubSplit, read_hub_splits
 from fast_electra_ds.errors import UserError
+
+HUB_DATASET = "nyu-mll/glue"
+
+
+@dataclass(frozen=True)
+class HubLayout:
+    """A task in the hub dataset nyu-mll/glue, whose config is the task's name."""
+
+    text_columns: tuple[str, ...]  # the same texts as Task.text_columns, in that order
+    label_names: tuple[str, ...] | None  # the class names of Task.labels, in that order
+    dev_split: str = "validation"
 
 
 @dataclass(frozen=True)
@@ -40,24 +70,33 @@ class Task:
     labels: tuple[str, ...] | None  # None: regression (a float score)
     metrics: tuple[str, ...]  # the first is the task's main metric
     epochs: int  # ELECTRA's fine-tuning epochs: 10 for RTE and STS-B, 3 for the others
+    hub: HubLayout
     columns: tuple[str, ...] | None = None  # the column names of a file without a header
 
 
 _NLI = ("entailment", "not_entailment")
 TASKS: dict[str, Task] = {t.name: t for t in (
     Task("cola", "CoLA", "dev.tsv", ("sentence",), "label", ("0", "1"), ("matthews_corr",), 3,
+         HubLayout(("sentence",), ("unacceptable", "acceptable")),
          columns=("source", "label", "original_label", "sentence")),
-    Task("sst2", "SST-2", "dev.tsv", ("sentence",), "label", ("0", "1"), ("accuracy",), 3),
+    Task("sst2", "SST-2", "dev.tsv", ("sentence",), "label", ("0", "1"), ("accuracy",), 3,
+         HubLayout(("sentence",), ("negative", "positive"))),
     Task("mrpc", "MRPC", "dev.tsv", ("#1 String", "#2 String"), "Quality", ("0", "1"),
-         ("accuracy", "f1"), 3),
+         ("accuracy", "f1"), 3,
+         HubLayout(("sentence1", "sentence2"), ("not_equivalent", "equivalent"))),
     Task("stsb", "STS-B", "dev.tsv", ("sentence1", "sentence2"), "score", None,
-         ("spearman", "pearson"), 10),
+         ("spearman", "pearson"), 10, HubLayout(("sentence1", "sentence2"), None)),
     Task("qqp", "QQP", "dev.tsv", ("question1", "question2"), "is_duplicate", ("0", "1"),
-         ("accuracy", "f1"), 3),
+         ("accuracy", "f1"), 3,
+         HubLayout(("question1", "question2"), ("not_duplicate", "duplicate"))),
     Task("mnli", "MNLI", "dev_matched.tsv", ("sentence1", "sentence2"), "gold_label",
-         ("contradiction", "entailment", "neutral"), ("accuracy",), 3),
-    Task("qnli", "QNLI", "dev.tsv", ("question", "sentence"), "label", _NLI, ("accuracy",), 3),
-    Task("rte", "RTE", "dev.tsv", ("sentence1", "sentence2"), "label", _NLI, ("accuracy",), 10),
+         ("contradiction", "entailment", "neutral"), ("accuracy",), 3,
+         HubLayout(("premise", "hypothesis"), ("contradiction", "entailment", "neutral"),
+                   dev_split="validation_matched")),
+    Task("qnli", "QNLI", "dev.tsv", ("question", "sentence"), "label", _NLI, ("accuracy",), 3,
+         HubLayout(("question", "sentence"), _NLI)),
+    Task("rte", "RTE", "dev.tsv", ("sentence1", "sentence2"), "label", _NLI, ("accuracy",), 10,
+         HubLayout(("sentence1", "sentence2"), _NLI)),
 )}
 
 
@@ -121,6 +160,44 @@ def read_split(folder: Path, task: Task, split: str) -> Examples:
         raise UserError(f"{task.name}: {path} holds no examples; expected {layout}")
     dtype = np.float32 if task.labels is None else np.int64
     return Examples(texts, np.asarray(labels, dtype=dtype), skipped)
+
+
+def read_hub(task: Task) -> tuple[Examples, Examples]:
+    """The train and dev examples of `task` from the hub dataset nyu-mll/glue, as `read_split`
+    gives them from the TSV files holding the same rows."""
+    splits = read_hub_splits(
+        HUB_DATASET, task.name, ("train", task.hub.dev_split),
+        instead=f"pass --data-dir with the task's GLUE TSV folder ({task.folder}/: train.tsv and "
+                f"{task.dev_file})")
+    return (_hub_examples(task, splits["train"], "train"),
+            _hub_examples(task, splits[task.hub.dev_split], task.hub.dev_split))
+
+
+def _hub_examples(task: Task, table: HubSplit, split: str) -> Examples:
+    where = f"{HUB_DATASET} ({task.name}, {split})"
+    missing = [c for c in (*task.hub.text_columns, "label") if c not in table.columns]
+    if missing:
+        raise UserError(f"{where} lacks the column(s) {', '.join(missing)} (it has "
+                        f"{', '.join(table.columns)}); pass --data-dir with the task's GLUE TSV "
+                        f"folder ({task.folder}/)")
+    texts = list(zip(*(table.columns[c] for c in task.hub.text_columns)))
+    if not texts:
+        raise UserError(f"{where} holds no examples; pass --data-dir with the task's GLUE TSV "
+                        f"folder ({task.folder}/)")
+    if task.labels is None:
+        return Examples(texts, np.asarray(table.columns["label"], dtype=np.float32), 0)
+    names = table.class_names.get("label")
+    if names is None or sorted(names) != sorted(task.hub.label_names):
+        raise UserError(f"{where}: the label column's classes are "
+                        f"{', '.join(names) if names else 'not named'}, not "
+                        f"{', '.join(task.hub.label_names)}; pass --data-dir with the task's "
+                        f"GLUE TSV folder ({task.folder}/)")
+    hub_ids = np.asarray(table.columns["label"], dtype=np.int64)  # [N] in the hub's id order
+    if hub_ids.min() < 0 or hub_ids.max() >= len(names):  # -1: an unlabelled (test) row
+        raise UserError(f"{where}: label ids range over {hub_ids.min()}..{hub_ids.max()}, not "
+                        f"0..{len(names) - 1}")
+    ids = np.asarray([task.hub.label_names.index(name) for name in names], dtype=np.int64)
+    return Examples(texts, ids[hub_ids], 0)
 
 
 def _needed(task: Task) -> list[str]:

@@ -8,8 +8,8 @@ reStructuredText sources Sphinx ships under html/_sources) and the PostgreSQL 15
     python corpus/build_techdocs.py --deb A.deb --deb B.deb   # from .debs already on disk
 
 Why this corpus: it is of another kind than the bundled King James Bible (modern technical
-English: definitions, instructions, cross-references, identifiers), large enough (about 2.2M
-words, over 3M WordPiece tokens at an 8k vocabulary; either manual alone is about 1.5M tokens),
+English: definitions, instructions, cross-references, identifiers), large enough (1.9M words;
+2.64M WordPiece tokens at an 8k vocabulary, 2.49M of them in the training split),
 permissively licensed (the PSF License Agreement and the PostgreSQL License, both allowing copying
 and redistribution with their notices), and it comes from a package registry this project
 reaches. It is not bundled (14 MB): the benchmarks call `ensure()`, which builds it once.

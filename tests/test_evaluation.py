@@ -286,3 +286,22 @@ def test_bad_judges_and_targets_are_refused_with_the_fix(tmp_path, tiny_dataset,
         _cfg(tmp_path / "x", tiny_dataset, f"generator.path={tiny_generator}",
              f"eval.judge={tmp_path / 'missing'}")
     assert not (tmp_path / "x").exists()
+
+
+def test_the_judge_is_shown_relative_to_the_working_directory(tmp_path, monkeypatch):
+    """A README sample or a log shows `.demo/mlm/generator`, not the absolute path of the
+    machine it was made on; outside the working directory, and for hub ids, the name as given."""
+    from fast_electra_ds.downstream.compare import describe_set
+    from fast_electra_ds.paths import shown
+
+    monkeypatch.chdir(tmp_path)
+    inside = tmp_path / ".demo" / "mlm" / "generator"
+    spec = evaluation.EvalSpec(judge=str(inside), judge_fingerprint="f", data=("d",), weights=(),
+                               seed=0, num_sequences=8, seq_len=16, mask_prob=0.15,
+                               masking_style="electra")
+    assert spec.describe().startswith(f"judge {Path('.demo', 'mlm', 'generator')} at T = 1")
+    record = {"judge": str(inside), "judge_temperature": 1.0, "num_sequences": 8, "seed": 0,
+              "key": spec.key}
+    assert describe_set(record).startswith(f"judge {Path('.demo', 'mlm', 'generator')} at T")
+    assert shown("/elsewhere/judge") == "/elsewhere/judge"
+    assert shown("google/electra-small-generator") == "google/electra-small-generator"

@@ -26,6 +26,7 @@ from pathlib import Path
 import yaml
 
 from fast_electra_ds.errors import UserError
+from fast_electra_ds.paths import shown
 from fast_electra_ds.training.evaluation import read_record
 from fast_electra_ds.training.plateau import ADVICE, on_plateau
 
@@ -116,7 +117,7 @@ def describe_set(record: dict | None) -> str:
     if "judge_mlm_accuracy" in stats:
         quality = (f"; the judge's MLM accuracy {stats['judge_mlm_accuracy']:.3f}, entropy "
                    f"{stats['judge_gen_entropy']:.2f} nats")
-    what = (f"judge {record['judge']} at T = {record['judge_temperature']:g}"
+    what = (f"judge {shown(record['judge'])} at T = {record['judge_temperature']:g}"
             if record.get("judge_fingerprint", True) else "masks only (no judge)")
     return (f"{what} on {record['num_sequences']} held-out sequences, eval seed "
             f"{record['seed']} (eval set {record['key']}{quality})")

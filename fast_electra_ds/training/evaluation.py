@@ -41,6 +41,7 @@ from fast_electra_ds.method import frozen_generator, mlm_head, sampling
 from fast_electra_ds.method.modes import EvalTargets
 from fast_electra_ds.method.objectives import mlm_loss, rtd_loss
 from fast_electra_ds.metrics import binary_auc, gather_1d, reduce_metrics
+from fast_electra_ds.paths import shown
 from fast_electra_ds.training.plateau import on_plateau
 
 JUDGE_TEMPERATURE = 1.0  # the judge's own distribution: the hardest test it can set
@@ -70,8 +71,8 @@ class EvalSpec:
                                digest_size=8).hexdigest()
 
     def describe(self) -> str:
-        what = (f"judge {self.judge} at T = {JUDGE_TEMPERATURE:g}" if self.judge_fingerprint
-                else "masks only (no judge)")
+        what = (f"judge {shown(self.judge)} at T = {JUDGE_TEMPERATURE:g}"
+                if self.judge_fingerprint else "masks only (no judge)")
         return (f"{what}, {self.num_sequences} valid sequences, seed {self.seed} "
                 f"(eval set {self.key})")
 

@@ -43,7 +43,7 @@ import torch
 
 from fast_electra_ds.cli import main
 from fast_electra_ds.config import load_config
-from fast_electra_ds.training import checkpoint, loop
+from fast_electra_ds.training import checkpoint, loop, resume
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -171,8 +171,8 @@ def test_crash_before_commit_falls_back(tmp_path, tiny_dataset, tiny_generator, 
     from fast_electra_ds.data.loader import open_datasets
 
     vocab = open_datasets([str(tiny_dataset)], "train")[1].vocab_size
-    plan = checkpoint.plan_resume(cfg, world_size=1, vocab_size=vocab, log=print,
-                                  data=checkpoint.data_record([str(tiny_dataset)], None))
+    plan = resume.plan_resume(cfg, world_size=1, vocab_size=vocab, log=print,
+                              data=resume.data_record([str(tiny_dataset)], None))
     assert plan.tag == "step000000002"
 
 
@@ -412,6 +412,6 @@ def test_resume_onto_other_data_is_refused_unless_allowed(tmp_path, tiny_dataset
     out = capsys.readouterr().out
     assert "warning: resuming on other data than the checkpoint was trained on" in out
     # changed blend weights count too (the same folder twice, other weights)
-    changes = checkpoint.data_changes(checkpoint.data_record([str(data)] * 2, [1.0, 1.0]),
-                                      checkpoint.data_record([str(data)] * 2, [3.0, 1.0]))
+    changes = resume.data_changes(resume.data_record([str(data)] * 2, [1.0, 1.0]),
+                                  resume.data_record([str(data)] * 2, [3.0, 1.0]))
     assert changes == ["data.weights [1.0, 1.0] -> [3.0, 1.0]"]

@@ -31,7 +31,7 @@ from fast_electra_ds.method.kernel_switch import resolve_kernels
 from fast_electra_ds.method.models import resolve_attention
 from fast_electra_ds.method.pretrained import init_from_shapes
 from fast_electra_ds.method.modes import Mode, mode_class
-from fast_electra_ds.training import checkpoint, evaluation
+from fast_electra_ds.training import checkpoint, evaluation, resume
 from fast_electra_ds.training.ds_config import (load_ds_config, precision, resolve_ds_config,
                                                 write_resolved, zero_stage)
 from fast_electra_ds.training.engine import DistEnv, build_engine, init_distributed
@@ -79,9 +79,9 @@ def _pretrain(cfg: RunConfig, env: DistEnv) -> PretrainResult:
                          vocab=load_tokenizer(data_info.tokenizer).get_vocab(), log=log)
 
     # ---- what to resume from: decided and validated before anything is built or written ------
-    data_record = checkpoint.data_record(cfg.data.paths, cfg.data.weights)
-    plan = checkpoint.plan_resume(cfg, world_size=env.world_size, vocab_size=vocab_size,
-                                  data=data_record, log=log)
+    data_record = resume.data_record(cfg.data.paths, cfg.data.weights)
+    plan = resume.plan_resume(cfg, world_size=env.world_size, vocab_size=vocab_size,
+                              data=data_record, log=log)
 
     # ---- models: what the engine trains, and what stays outside it (the mode decides) ---------
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
@@ -108,7 +108,7 @@ def _pretrain(cfg: RunConfig, env: DistEnv) -> PretrainResult:
                         comm_device=env.device if env.device.type == "cuda" else
                         torch.device("cpu"))
     engine, optimizer_name = build_engine(module, cfg, ds, env, progress=progress)
-    state = checkpoint.resume(engine, plan, log=log)
+    state = resume.resume(engine, plan, log=log)
     progress.bind(state)
     if cfg.train.compile:
         engine.compile()  # after the weights are loaded; the first steps pay the compilation

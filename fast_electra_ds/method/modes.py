@@ -71,7 +71,8 @@ class Mode(ABC):
 
     @classmethod
     def config_problems(cls, cfg: RunConfig, *, check_files: bool) -> list[str]:
-        """Settings that only this mode needs or forbids (RunConfig.validate lists them)."""
+        """Settings that only this mode needs or forbids (`validate_config` lists them with the
+        config's own problems)."""
         out = []
         # judge=self: a generator that trains corrupts the set at each evaluation (electra)
         if cfg.eval.judge == SELF_JUDGE and not (cls.samples and cls.trains_generator):
@@ -321,3 +322,10 @@ MODES: dict[str, type[Mode]] = {cls.name: cls for cls in (FastElectra, Electra, 
 def mode_class(name: str) -> type[Mode]:
     """The class of mode `name` (a config.MODES entry)."""
     return MODES[name]
+
+
+def validate_config(cfg: RunConfig, *, check_files: bool = True) -> None:
+    """The whole check of a run config before any work, one UserError listing every problem: the
+    config's own (RunConfig.validate: ranges, files) and its mode's (Mode.config_problems)."""
+    cfg.validate(check_files=check_files,
+                 more=mode_class(cfg.mode).config_problems(cfg, check_files=check_files))

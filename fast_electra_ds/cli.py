@@ -70,12 +70,9 @@ def _config(args: argparse.Namespace) -> None:
 
 def _pretrain(args: argparse.Namespace) -> None:
     from fast_electra_ds.config import load_config
-    from fast_electra_ds.method.modes import validate_config
     from fast_electra_ds.training.loop import pretrain
 
-    cfg = load_config(args.config, args.overrides)
-    validate_config(cfg)
-    pretrain(cfg)
+    pretrain(load_config(args.config, args.overrides))  # checks every input before any work
 
 
 def _compare(args: argparse.Namespace) -> None:

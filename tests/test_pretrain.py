@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 from fast_electra_ds.cli import main
 from fast_electra_ds.config import load_config
-from fast_electra_ds.training import loop
+from fast_electra_ds.training import assembly, loop
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -53,14 +53,14 @@ def test_fast_electra_trains_the_discriminator_against_a_frozen_generator(
         tmp_path, tiny_dataset, tiny_generator, monkeypatch):
     saved = load_file(tiny_generator / "model.safetensors")
     engines = []
-    real_build = loop.build_engine
+    real_build = assembly.build_engine
 
     def spy(module, cfg, ds, env, **kwargs):
         engine, name = real_build(module, cfg, ds, env, **kwargs)
         engines.append(engine)
         return engine, name
 
-    monkeypatch.setattr(loop, "build_engine", spy)
+    monkeypatch.setattr(assembly, "build_engine", spy)
     run_dir = tmp_path / "fast"
     result = loop.pretrain(_cfg(run_dir, tiny_dataset, f"generator.path={tiny_generator}",
                                  "train.steps=400", "eval.every=400",
@@ -97,13 +97,13 @@ def test_fast_electra_trains_the_discriminator_against_a_frozen_generator(
 def test_electra_mode_trains_both_models_with_shared_embeddings(tmp_path, tiny_dataset,
                                                                monkeypatch):
     before = {}
-    real_build = loop.build_engine
+    real_build = assembly.build_engine
 
     def spy(module, cfg, ds, env, **kwargs):
         before.update(copy.deepcopy(module.state_dict()))
         return real_build(module, cfg, ds, env, **kwargs)
 
-    monkeypatch.setattr(loop, "build_engine", spy)
+    monkeypatch.setattr(assembly, "build_engine", spy)
     # (logged every step: one micro-batch per record, where loss = mlm + 50 rtd holds exactly;
     # over a window of batches with different token counts the ratios of sums differ slightly)
     result = loop.pretrain(_cfg(tmp_path / "electra", tiny_dataset, "mode=electra",

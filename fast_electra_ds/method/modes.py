@@ -134,6 +134,11 @@ class Mode(ABC):
             return 1.0
         return temperature_at(self.cfg.temperature, u, t0=self.t0)
 
+    def schedule_metrics(self, temp: float) -> dict[str, float]:
+        """What the loop logs of the sampling schedule at T: the temperature in a mode that
+        draws replacements, nothing in one that does not."""
+        return {"temperature": temp} if self.samples else {}
+
     def calibrate(self, first_batches: Callable[[], Iterable[MaskedBatch]]) -> None:
         """Measure what the schedule needs from the run's first batches (the same on every rank
         and on resume; `first_batches` reads them); nothing by default."""

@@ -183,22 +183,31 @@ def test_broken_checkpoints_are_named(tmp_path, tiny_dataset, tiny_generator, ca
     ckpts = tmp_path / "run" / "checkpoints"
     again = args[:-2] + ["train.steps=4", "checkpoint.save_every=2"]
 
+    def files() -> dict[str, int]:
+        return {str(p.relative_to(tmp_path)): p.stat().st_size
+                for p in (tmp_path / "run").rglob("*") if p.is_file() and p.name != "run.lock"}
+
     (ckpts / "latest").write_text("step000000999")
+    before = files()
     capsys.readouterr()
     assert main(["pretrain", "--config", "tiny", *again]) == 2
     err = capsys.readouterr().err
     assert str(ckpts / "latest") in err and "step000000999" in err and "does not exist" in err
+    assert files() == before  # a refused run writes nothing
 
     (ckpts / "latest").write_text("step000000002")
     shard = ckpts / "step000000002" / "mp_rank_00_model_states.pt"
     shard.write_bytes(shard.read_bytes()[:1000])
+    before = files()
     assert main(["pretrain", "--config", "tiny", *again]) == 2
     err = capsys.readouterr().err
     assert str(shard) in err and "truncated" in err
+    assert files() == before
 
     assert main(["pretrain", "--config", "tiny", *again[:-2],
                  f"checkpoint.resume={tmp_path / 'nothing'}"]) == 2
     assert "no committed checkpoint there" in capsys.readouterr().err
+    assert files() == before
 
 
 def test_checkpoint_compatibility(tmp_path, tiny_dataset, tiny_generator, capsys):

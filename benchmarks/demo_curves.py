@@ -59,7 +59,7 @@ def other_judges(demo: Path, record: dict) -> list[tuple[str, str, list[dict]]]:
     """(judge name, its set's description, a row per run) for the demo's judge and for electra's
     own generator as the judge, both through `fast-electra evaluate` on the finished runs."""
     from fast_electra_ds.downstream.export import export
-    from fast_electra_ds.training.evaluation import evaluate_models
+    from fast_electra_ds.downstream.compare import evaluate_models
 
     joint_export = demo / "electra-export"
     export(str(demo / "electra"), str(joint_export), overwrite=True, log=lambda m: None)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from fast_electra_ds.errors import UserError
@@ -60,8 +61,10 @@ def _config(args: argparse.Namespace) -> None:
         return
     import yaml
 
+    from fast_electra_ds.method.modes import validate_config
+
     cfg = load_config(args.config, args.overrides)
-    cfg.validate(check_files=False)
+    validate_config(cfg, check_files=False)
     print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
 
 
@@ -69,9 +72,7 @@ def _pretrain(args: argparse.Namespace) -> None:
     from fast_electra_ds.config import load_config
     from fast_electra_ds.training.loop import pretrain
 
-    cfg = load_config(args.config, args.overrides)
-    cfg.validate()
-    pretrain(cfg)
+    pretrain(load_config(args.config, args.overrides))  # checks every input before any work
 
 
 def _compare(args: argparse.Namespace) -> None:
@@ -81,8 +82,8 @@ def _compare(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from fast_electra_ds.downstream.compare import describe_set, table
-    from fast_electra_ds.training.evaluation import EVALUATE_COLUMNS, evaluate_models
+    from fast_electra_ds.downstream.compare import (EVALUATE_COLUMNS, describe_set,
+                                                    evaluate_models, table)
     from fast_electra_ds.training.plateau import ADVICE
 
     eval_set, rows = evaluate_models(
@@ -288,6 +289,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing results.json")
     p.set_defaults(func=_finetune)
     return parser
+
+
+def run_rank(recipe: str, settings: Sequence[str] = (), argv: Sequence[str] | None = None) -> int:
+    """The Python side of a launch script (training/launch.py): `pretrain` with the script's
+    recipe and settings, and the environment's and the command line's overrides."""
+    from fast_electra_ds.training.launch import rank_argv
+
+    return main(rank_argv(recipe, settings, sys.argv[1:] if argv is None else argv))
 
 
 def main(argv: list[str] | None = None) -> int:

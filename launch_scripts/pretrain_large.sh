@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # a checkout, not installed
-from fast_electra_ds.training.launch import run_rank  # noqa: E402
+from fast_electra_ds.cli import run_rank  # noqa: E402
 
 sys.exit(run_rank("large", ["mode=fast-electra"]))
 # end of the Python part

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # a checkout, not installed
-from fast_electra_ds.training.launch import run_rank  # noqa: E402
+from fast_electra_ds.cli import run_rank  # noqa: E402
 
 # runs/<recipe>-mlm/generator is where each recipe's generator.path points
 sys.exit(run_rank("small", ["mode=mlm", "run_dir=runs/{recipe}-mlm"]))

@@ -8,13 +8,14 @@ import yaml
 
 from fast_electra_ds.config import RunConfig, describe, field_docs, list_recipes, load_config
 from fast_electra_ds.errors import UserError
+from fast_electra_ds.method.modes import validate_config
 
 
 def test_every_bundled_recipe_loads_and_validates():
     assert {"tiny", "small", "base", "large"} <= set(list_recipes())
     for name in list_recipes():
         cfg = load_config(name)
-        cfg.validate(check_files=False)
+        validate_config(cfg, check_files=False)
 
 
 def test_paper_shapes():
@@ -88,7 +89,7 @@ def test_validation_checks_files(tmp_path):
     cfg = load_config("tiny", [f"data.paths={tmp_path}/nope", "ds_config=missing.json",
                                "generator.path=./no/such/folder"])
     with pytest.raises(UserError) as e:
-        cfg.validate()
+        validate_config(cfg)
     msg = str(e.value)
     assert "prepare-data" in msg and "missing.json" in msg and "no/such/folder" in msg
 
@@ -96,7 +97,21 @@ def test_validation_checks_files(tmp_path):
 def test_fast_electra_needs_a_generator():
     cfg = load_config("tiny", ["generator.path="])
     with pytest.raises(UserError, match="needs generator.path"):
+        validate_config(cfg, check_files=False)
+
+
+def test_the_config_and_its_mode_are_checked_in_one_error():
+    """config/ imports no mode: RunConfig.validate checks the config alone, validate_config adds
+    what the mode's class says, in the same list."""
+    cfg = load_config("tiny", ["generator.path=", "temperature.t0=0.5"])
+    with pytest.raises(UserError) as e:
         cfg.validate(check_files=False)
+    assert "temperature.t0" in str(e.value) and "generator.path" not in str(e.value)
+    with pytest.raises(UserError) as e:
+        validate_config(cfg, check_files=False)
+    msg = str(e.value)
+    assert msg.startswith("invalid run config:\n  - ")
+    assert "temperature.t0 must be >= 1" in msg and "needs generator.path" in msg
 
 
 def test_save_round_trip(tmp_path):
@@ -129,11 +144,11 @@ def test_moved_eval_keys_say_where_they_went_and_eval_is_checked():
         load_config("tiny", ["train.eval_batches=5"])
     cfg = load_config("tiny", ["eval.judge=self", "eval.num_sequences=0", "eval.every=-1"])
     with pytest.raises(UserError) as e:
-        cfg.validate(check_files=False)
+        validate_config(cfg, check_files=False)
     for message in ("eval.judge=self means mode=electra's own generator",
                     "eval.num_sequences must be >= 1", "eval.every must be >= 0"):
         assert message in str(e.value)
-    load_config("tiny", ["mode=electra", "eval.judge=self"]).validate(check_files=False)
+    validate_config(load_config("tiny", ["mode=electra", "eval.judge=self"]), check_files=False)
 
 
 def test_a_run_config_from_before_the_move_still_loads(tmp_path):

@@ -14,6 +14,7 @@ import torch
 from fast_electra_ds.cli import main
 from fast_electra_ds.config import load_config
 from fast_electra_ds.data.loader import open_datasets
+from fast_electra_ds.method.modes import validate_config
 from fast_electra_ds.method.objectives import rtd_loss
 from fast_electra_ds.training import evaluation, loop
 from fast_electra_ds.data.masking import num_predictions
@@ -143,7 +144,7 @@ def _cfg(run_dir: Path, dataset: Path, *overrides: str):
                                "train.global_batch_size=16", "train.micro_batch_size=16",
                                "train.steps=30", "eval.every=15", "eval.num_sequences=64",
                                "logging.log_every=5", *overrides])
-    cfg.validate()
+    validate_config(cfg)
     return cfg
 
 

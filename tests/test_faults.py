@@ -43,7 +43,7 @@ import torch
 
 from fast_electra_ds.cli import main
 from fast_electra_ds.config import load_config
-from fast_electra_ds.training import checkpoint, loop
+from fast_electra_ds.training import checkpoint, loop, resume
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -171,8 +171,8 @@ def test_crash_before_commit_falls_back(tmp_path, tiny_dataset, tiny_generator, 
     from fast_electra_ds.data.loader import open_datasets
 
     vocab = open_datasets([str(tiny_dataset)], "train")[1].vocab_size
-    plan = checkpoint.plan_resume(cfg, world_size=1, vocab_size=vocab, log=print,
-                                  data=checkpoint.data_record([str(tiny_dataset)], None))
+    plan = resume.plan_resume(cfg, world_size=1, vocab_size=vocab, log=print,
+                              data=resume.data_record([str(tiny_dataset)], None))
     assert plan.tag == "step000000002"
 
 
@@ -183,22 +183,31 @@ def test_broken_checkpoints_are_named(tmp_path, tiny_dataset, tiny_generator, ca
     ckpts = tmp_path / "run" / "checkpoints"
     again = args[:-2] + ["train.steps=4", "checkpoint.save_every=2"]
 
+    def files() -> dict[str, int]:
+        return {str(p.relative_to(tmp_path)): p.stat().st_size
+                for p in (tmp_path / "run").rglob("*") if p.is_file() and p.name != "run.lock"}
+
     (ckpts / "latest").write_text("step000000999")
+    before = files()
     capsys.readouterr()
     assert main(["pretrain", "--config", "tiny", *again]) == 2
     err = capsys.readouterr().err
     assert str(ckpts / "latest") in err and "step000000999" in err and "does not exist" in err
+    assert files() == before  # a refused run writes nothing
 
     (ckpts / "latest").write_text("step000000002")
     shard = ckpts / "step000000002" / "mp_rank_00_model_states.pt"
     shard.write_bytes(shard.read_bytes()[:1000])
+    before = files()
     assert main(["pretrain", "--config", "tiny", *again]) == 2
     err = capsys.readouterr().err
     assert str(shard) in err and "truncated" in err
+    assert files() == before
 
     assert main(["pretrain", "--config", "tiny", *again[:-2],
                  f"checkpoint.resume={tmp_path / 'nothing'}"]) == 2
     assert "no committed checkpoint there" in capsys.readouterr().err
+    assert files() == before
 
 
 def test_checkpoint_compatibility(tmp_path, tiny_dataset, tiny_generator, capsys):
@@ -412,6 +421,6 @@ def test_resume_onto_other_data_is_refused_unless_allowed(tmp_path, tiny_dataset
     out = capsys.readouterr().out
     assert "warning: resuming on other data than the checkpoint was trained on" in out
     # changed blend weights count too (the same folder twice, other weights)
-    changes = checkpoint.data_changes(checkpoint.data_record([str(data)] * 2, [1.0, 1.0]),
-                                      checkpoint.data_record([str(data)] * 2, [3.0, 1.0]))
+    changes = resume.data_changes(resume.data_record([str(data)] * 2, [1.0, 1.0]),
+                                  resume.data_record([str(data)] * 2, [3.0, 1.0]))
     assert changes == ["data.weights [1.0, 1.0] -> [3.0, 1.0]"]

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 from fast_electra_ds.cli import main
 from fast_electra_ds.config import load_config
-from fast_electra_ds.training import loop
+from fast_electra_ds.training import assembly, loop
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -53,14 +53,14 @@ def test_fast_electra_trains_the_discriminator_against_a_frozen_generator(
         tmp_path, tiny_dataset, tiny_generator, monkeypatch):
     saved = load_file(tiny_generator / "model.safetensors")
     engines = []
-    real_build = loop.build_engine
+    real_build = assembly.build_engine
 
     def spy(module, cfg, ds, env, **kwargs):
         engine, name = real_build(module, cfg, ds, env, **kwargs)
         engines.append(engine)
         return engine, name
 
-    monkeypatch.setattr(loop, "build_engine", spy)
+    monkeypatch.setattr(assembly, "build_engine", spy)
     run_dir = tmp_path / "fast"
     result = loop.pretrain(_cfg(run_dir, tiny_dataset, f"generator.path={tiny_generator}",
                                  "train.steps=400", "eval.every=400",
@@ -97,13 +97,13 @@ def test_fast_electra_trains_the_discriminator_against_a_frozen_generator(
 def test_electra_mode_trains_both_models_with_shared_embeddings(tmp_path, tiny_dataset,
                                                                monkeypatch):
     before = {}
-    real_build = loop.build_engine
+    real_build = assembly.build_engine
 
     def spy(module, cfg, ds, env, **kwargs):
         before.update(copy.deepcopy(module.state_dict()))
         return real_build(module, cfg, ds, env, **kwargs)
 
-    monkeypatch.setattr(loop, "build_engine", spy)
+    monkeypatch.setattr(assembly, "build_engine", spy)
     # (logged every step: one micro-batch per record, where loss = mlm + 50 rtd holds exactly;
     # over a window of batches with different token counts the ratios of sums differ slightly)
     result = loop.pretrain(_cfg(tmp_path / "electra", tiny_dataset, "mode=electra",
@@ -180,16 +180,42 @@ def test_deepspeed_launcher_zero2_on_two_ranks_matches_one_rank(tmp_path, tiny_d
     (["data.seq_len=256"], "exceeds model.max_position_embeddings"),
     (["data.seq_len=32"], "was packed with seq-len 64"),
     (["generator.path=./nowhere"], "generator.path: ./nowhere is not a directory"),
+    (["ds_config={tmp}/typo.json"], "did you mean 'zero_optimization'"),
+    (["data.paths={tmp}/truncated"], "bytes, but the index describes"),
+    (["checkpoint.resume={tmp}/nothing"], "no committed checkpoint there"),
 ])
 def test_bad_input_is_refused_before_any_compute(tmp_path, tiny_dataset, tiny_generator,
                                                  capsys, overrides, needle):
-    run_dir = tmp_path / "run"
+    """A refused run writes nothing: its run_dir (here two folders deep) is not created, or is
+    removed again when the refusal comes after the run took run_dir's lock."""
+    (tmp_path / "typo.json").write_text(json.dumps({"zero_optimisation": {"stage": 0}}))
+    shutil.copytree(tiny_dataset, tmp_path / "truncated")
+    train_bin = tmp_path / "truncated" / "train.bin"
+    train_bin.write_bytes(train_bin.read_bytes()[:-2])
+    run_dir = tmp_path / "runs" / "sweep" / "run"
     code = main(["pretrain", "--config", "tiny", f"run_dir={run_dir}",
                  f"data.paths={tiny_dataset}", f"generator.path={tiny_generator}",
-                 "device=cpu", *overrides])
+                 "device=cpu", *(o.format(tmp=tmp_path) for o in overrides)])
     err = capsys.readouterr().err
-    assert code == 2 and needle in err, err
-    assert not (run_dir / "metrics.jsonl").exists()
+    assert code == 2 and needle in err and "Traceback" not in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_refused_run_leaves_an_existing_run_dir_as_it_was(tmp_path, tiny_dataset, capsys):
+    """A refused run takes back the lock file it made, but only removes a run_dir it created
+    itself: one that was there stays, with whatever it held."""
+    empty, used = tmp_path / "empty", tmp_path / "used"
+    empty.mkdir()
+    used.mkdir()
+    (used / "notes.txt").write_text("mine")
+    for run_dir in (empty, used):
+        code = main(["pretrain", "--config", "tiny", "mode=mlm", f"run_dir={run_dir}",
+                     f"data.paths={tiny_dataset}", "device=cpu",
+                     f"checkpoint.resume={tmp_path / 'nothing'}"])
+        assert code == 2 and "no committed checkpoint there" in capsys.readouterr().err
+    assert empty.is_dir() and not any(empty.iterdir())
+    assert [p.name for p in used.iterdir()] == ["notes.txt"]
+    assert (used / "notes.txt").read_text() == "mine"
 
 
 def _save_generator(path: Path, vocab_size: int, max_positions: int = 128) -> Path:
@@ -213,6 +239,7 @@ def test_generator_that_does_not_fit_the_data_is_refused(tmp_path, tiny_dataset,
                      f"data.paths={tiny_dataset}", f"generator.path={folder}", "device=cpu"])
         err = capsys.readouterr().err
         assert code == 2 and needle in err and "Traceback" not in err, err
+        assert not (tmp_path / "run").exists()  # refused after taking run_dir's lock: removed
 
 
 @pytest.mark.parametrize("mode", ["fast-electra", "electra", "mlm"])
@@ -260,4 +287,4 @@ def test_evaluation_without_valid_data_fails_before_the_first_step(tmp_path, tin
                  f"data.paths={data}", "device=cpu", "eval.every=100"])
     err = capsys.readouterr().err
     assert code == 2 and "has no valid sequences" in err, err
-    assert not (run_dir / "metrics.jsonl").exists() and not (run_dir / "checkpoints").exists()
+    assert not run_dir.exists()

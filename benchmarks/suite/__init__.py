@@ -6,5 +6,6 @@
   measure.py     FLOP counting, interleaved timing, the memory child processes
   cost_model.py  the analytic FLOPs (ours, the paper's accounting) and memory of a step
   report.py      Markdown (templates/) and CSV from the measurements and the cost model
+  report_memory.py  its memory section; report_tables.py: CSV rows, tables, number formats
   plots.py       the report's figures
 """

@@ -1,12 +1,13 @@
-"""The report's three figures, drawn from its CSV rows (report.Rows): compute per sequence at the
-paper's shapes, memory (analytic auxiliary, measured growth per mode) and step time."""
+"""The report's three figures, drawn from its CSV rows (report_tables.Rows): compute per
+sequence at the paper's shapes, memory (analytic auxiliary, measured growth per mode) and step
+time."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from benchmarks.suite.cost_model import PAPER_SHAPES
-from benchmarks.suite.report import METHODS, Rows
+from benchmarks.suite.report_tables import METHODS, Rows
 
 
 def plot(out_prefix: Path, rows: Rows) -> list[Path]:

@@ -4,12 +4,12 @@ Markdown and CSV.
 Each section computes its values and tables from the data; templates/report.md holds the
 report's text with $placeholders that string.Template fills (templates/targets.yaml: the texts
 of the Targets table; templates/devices.yaml: what the report says differently per device).
-Every number also becomes a CSV row (`Rows`), which the plots read.
+Every number also becomes a CSV row (`Rows`, report_tables.py), which the plots read; the memory
+section is report_memory.py.
 """
 
 from __future__ import annotations
 
-import csv
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,53 +21,20 @@ import yaml
 from benchmarks.suite import cost_model as cm
 from benchmarks.suite.measure import Timing, paired_ratio
 from benchmarks.suite.modes import AUXILIARY
+from benchmarks.suite.report_memory import memory_section
+from benchmarks.suite.report_tables import METHODS, Rows, err, gf, ratio, table
 from benchmarks.suite.workload import ELECTRA_VOCAB, Spec
 from fast_electra_ds.config import list_recipes, load_config
 from fast_electra_ds.data.masking import num_predictions
 from fast_electra_ds.method.flops import TRAINED, Encoder
 
 TEMPLATES = Path(__file__).parent / "templates"
-GB = 1e9
-MIB = 2**20
 # Checked in the report, never asserted: fast/joint compute at the paper's shapes and
 # auxiliary memory (the paper's claims), and step-time ratios at the timed shape.
 # time_fast_joint is relative: at most 3% above the FLOP ratio at the timed shape.
 TARGETS = {"compute_base": 0.70, "compute_large": 0.76, "aux_memory": 0.04,
            "time_fast_joint": 1.03, "time_fast_disc": 1.08, "time_electra_peer": 1.0,
            "sampling_over_forward": 0.25}
-# The paper's two methods: (mode, the paper tables' key, the auxiliary model's part)
-METHODS = (("electra", "joint", cm.JOINT), ("fast-electra", "fast", cm.FAST))
-# Modes the memory model describes: the peer masks and samples inside its forward, with
-# tensors of electra-pytorch's own that it does not count.
-MEMORY_MODELLED = ("electra", "fast-electra", "disc-only")
-
-
-class Rows:
-    """Every number of the report as a CSV row."""
-
-    FIELDS = ("section", "case", "mode", "component", "metric", "value", "unit")
-
-    def __init__(self):
-        self.rows: list[dict] = []
-
-    def add(self, section: str, case: str, mode: str, component: str, metric: str,
-            value: float, unit: str) -> None:
-        self.rows.append(dict(zip(self.FIELDS, (section, case, mode, component, metric, value,
-                                                unit))))
-
-    def value(self, **match) -> float:
-        """The value of the first row whose fields equal `match`."""
-        for r in self.rows:
-            if all(r[k] == v for k, v in match.items()):
-                return r["value"]
-        raise KeyError(match)
-
-    def write_csv(self, path: Path) -> None:
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.FIELDS)
-            writer.writeheader()
-            for r in self.rows:
-                writer.writerow({**r, "value": f"{r['value']:.6g}"})
 
 
 @dataclass
@@ -106,43 +73,11 @@ def render(*, spec: Spec, suite: str, about: dict[str, str], measured: Measured,
 
 
 # --------------------------------------------------------------------------------------------
-# Formatting
-
-
-def table(header: list[str], rows: list[list[str]]) -> str:
-    return "\n".join(["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
-                      *("| " + " | ".join(r) + " |" for r in rows)])
+# Templates and the headline
 
 
 def _load(name: str) -> dict:
     return yaml.safe_load((TEMPLATES / name).read_text())
-
-
-def _gf(x: float) -> str:
-    g = x / 1e9
-    return f"{g:,.1f}" if g >= 10 else f"{g:.3g}"
-
-
-def _gb(x: float) -> str:
-    return f"{x / GB:,.2f}"
-
-
-def _ratio(a: float, b: float) -> str:
-    return f"{a / b:.2f}" if b else "-"
-
-
-def _err(measured: float, analytic: float) -> str:
-    if analytic == 0:
-        return "exact" if measured == 0 else "n/a"
-    return f"{measured / analytic - 1:+.2%}"
-
-
-def _mib(values: list[float]) -> str:
-    """Median in MiB, and with several values their range in brackets."""
-    med = statistics.median(values) / MIB
-    if len(values) == 1:
-        return f"{med:,.1f}"
-    return f"{med:,.1f} [{min(values) / MIB:,.0f}-{max(values) / MIB:,.0f}]"
 
 
 def _headline(compute: dict, memory: dict) -> dict[str, str]:
@@ -178,10 +113,10 @@ def compute_section(rows: Rows, measured_flops: dict[str, int], spec: Spec
                                  vocab_size=cm.PAPER_VOCAB)
             got[key] = (paper_acct, ours)
             paper_rows.append([size, "Original (joint)" if key == "joint" else "Fast-ELECTRA",
-                               f"{p['main']:,.1f}", _gf(paper_acct.main), _gf(ours.main),
-                               f"{p['aux_' + key]:,.1f}", _gf(paper_acct.aux), _gf(ours.aux),
-                               f"{p['total_' + key]:,.1f}", _gf(paper_acct.total),
-                               _gf(ours.total)])
+                               f"{p['main']:,.1f}", gf(paper_acct.main), gf(ours.main),
+                               f"{p['aux_' + key]:,.1f}", gf(paper_acct.aux), gf(ours.aux),
+                               f"{p['total_' + key]:,.1f}", gf(paper_acct.total),
+                               gf(ours.total)])
             for acct, sf in (("paper-accounting", paper_acct), ("ours", ours)):
                 for comp in ("main", "aux", "total"):
                     rows.add("compute", f"paper-{size}", mode, comp, f"gflops_{acct}",
@@ -190,11 +125,11 @@ def compute_section(rows: Rows, measured_flops: dict[str, int], spec: Spec
                 rows.add("compute", f"paper-{size}", mode, comp, "gflops_paper",
                          p[comp if comp == "main" else f"{comp}_{key}"], "GFLOP/sequence")
         (pj, oj), (pf, of) = got["joint"], got["fast"]
-        paper_rows.append([size, "ratio fast/joint", "1.00", _ratio(pf.main, pj.main),
-                           _ratio(of.main, oj.main), _ratio(p["aux_fast"], p["aux_joint"]),
-                           _ratio(pf.aux, pj.aux), _ratio(of.aux, oj.aux),
-                           _ratio(p["total_fast"], p["total_joint"]),
-                           _ratio(pf.total, pj.total), _ratio(of.total, oj.total)])
+        paper_rows.append([size, "ratio fast/joint", "1.00", ratio(pf.main, pj.main),
+                           ratio(of.main, oj.main), ratio(p["aux_fast"], p["aux_joint"]),
+                           ratio(pf.aux, pj.aux), ratio(of.aux, oj.aux),
+                           ratio(p["total_fast"], p["total_joint"]),
+                           ratio(pf.total, pj.total), ratio(of.total, oj.total)])
         ratios[size] = {"paper": p["total_fast"] / p["total_joint"],
                         "paper_acct": pf.total / pj.total, "ours": of.total / oj.total,
                         "aux_over_main_paper": pf.aux / pf.main,
@@ -255,8 +190,8 @@ def _recipes_table(rows: Rows) -> str:
                      mask_prob=cfg.masking.mask_prob)
         j = cm.step_flops(disc, gen, cm.JOINT, **shape)
         f = cm.step_flops(disc, gen, cm.FAST, **shape)
-        out.append([name, str(cfg.data.seq_len), _gf(j.main), _gf(j.aux), _gf(f.aux),
-                    _gf(j.total), _gf(f.total), _ratio(f.aux, j.aux), _ratio(f.total, j.total)])
+        out.append([name, str(cfg.data.seq_len), gf(j.main), gf(j.aux), gf(f.aux),
+                    gf(j.total), gf(f.total), ratio(f.aux, j.aux), ratio(f.total, j.total)])
         for (mode, _, _), sf in zip(METHODS, (j, f)):
             for comp in ("main", "aux", "total"):
                 rows.add("compute", f"recipe-{name}", mode, comp, "gflops_ours",
@@ -278,8 +213,8 @@ def _counted_table(rows: Rows, measured_flops: dict[str, int], spec: Spec) -> st
         total_m = step_measured / spec.batch
         aux_m = total_m - main_measured
         out.append([mode, f"{analytic.total / 1e9:.4f}", f"{total_m / 1e9:.4f}",
-                    _err(total_m, analytic.total), f"{analytic.aux / 1e9:.4f}",
-                    f"{aux_m / 1e9:.4f}", _err(aux_m, analytic.aux)])
+                    err(total_m, analytic.total), f"{analytic.aux / 1e9:.4f}",
+                    f"{aux_m / 1e9:.4f}", err(aux_m, analytic.aux)])
         for comp, a, m in (("total", analytic.total, total_m), ("aux", analytic.aux, aux_m)):
             rows.add("compute", "timed-shape", mode, comp, "gflops_analytic", a / 1e9,
                      "GFLOP/sequence")
@@ -287,128 +222,6 @@ def _counted_table(rows: Rows, measured_flops: dict[str, int], spec: Spec) -> st
                      "GFLOP/sequence")
     return table(["mode", "step analytic", "step measured", "error", "aux analytic",
                   "aux measured", "error"], out)
-
-
-# --------------------------------------------------------------------------------------------
-# Section 2: memory
-
-
-def memory_section(rows: Rows, measured: dict[str, list[dict]], spec: Spec, precision: str
-                   ) -> tuple[dict[str, str], dict]:
-    """The analytic model at the paper's shapes, and measured against it at the timed shape;
-    returns (template values, ratios per paper size and at the timed shape)."""
-    batch_by_size = {size: load_config(size).train.micro_batch_size for size in cm.PAPER_SHAPES}
-    ratios = {}
-    paper_rows, breakdown_rows = [], []
-    for size, (main, aux) in cm.PAPER_SHAPES.items():
-        p = cm.PAPER_MEMORY_GB[size]
-        kw = dict(batch=batch_by_size[size], seq_len=cm.PAPER_SEQ_LEN,
-                  vocab_size=cm.PAPER_VOCAB, max_positions=cm.PAPER_SEQ_LEN,
-                  precision="bf16", frozen_bytes_per_param=2)
-        main_j, aux_j = cm.step_memory(main, aux, cm.JOINT, **kw)
-        main_f, aux_f = cm.step_memory(main, aux, cm.FAST, **kw)
-        peak_j, peak_f = cm.peak_bytes(main_j, aux_j), cm.peak_bytes(main_f, aux_f)
-        share_j, share_f = peak_j - main_j.total, peak_f - main_f.total  # aux's part of the peak
-        paper_rows += [
-            [size, "Original (joint)", f"{p['main']}", _gb(main_j.total), f"{p['aux_joint']}",
-             _gb(aux_j.total), _gb(share_j), f"{p['total_joint']}", _gb(peak_j)],
-            [size, "Fast-ELECTRA", f"{p['main']}", _gb(main_f.total), f"{p['aux_fast']}",
-             _gb(aux_f.total), _gb(share_f), f"{p['total_fast']}", _gb(peak_f)],
-            [size, "ratio fast/joint", "1.00", _ratio(main_f.total, main_j.total),
-             _ratio(p["aux_fast"], p["aux_joint"]), _ratio(aux_f.total, aux_j.total),
-             _ratio(share_f, share_j), _ratio(p["total_fast"], p["total_joint"]),
-             _ratio(peak_f, peak_j)],
-        ]
-        for label, m in (("main (both)", main_j), ("aux joint", aux_j), ("aux fast", aux_f)):
-            breakdown_rows.append([size, label, _gb(m.weights), _gb(m.grads), _gb(m.optimizer),
-                                   _gb(m.activations), _gb(m.inference_peak), _gb(m.total)])
-        ratios[size] = {"aux_held": aux_f.total / aux_j.total, "aux_peak": share_f / share_j,
-                        "aux_paper": p["aux_fast"] / p["aux_joint"],
-                        "transient_over_main_activations":
-                            aux_f.inference_peak / main_f.activations,
-                        "total": peak_f / peak_j,
-                        "total_paper": p["total_fast"] / p["total_joint"]}
-        for (mode, key, _), m, a, peak in zip(METHODS, (main_j, main_f), (aux_j, aux_f),
-                                              (peak_j, peak_f)):
-            for comp, mem in (("main", m), ("aux", a)):
-                for part in ("weights", "grads", "optimizer", "activations", "inference_peak"):
-                    rows.add("memory", f"paper-{size}", mode, comp, f"analytic_{part}",
-                             getattr(mem, part) / GB, "GB")
-                rows.add("memory", f"paper-{size}", mode, comp, "analytic_total",
-                         mem.total / GB, "GB")
-            rows.add("memory", f"paper-{size}", mode, "aux", "analytic_share_of_peak",
-                     (peak - m.total) / GB, "GB")
-            rows.add("memory", f"paper-{size}", mode, "total", "analytic_peak", peak / GB, "GB")
-            rows.add("memory", f"paper-{size}", mode, "total", "paper", p[f"total_{key}"], "GB")
-        rows.add("memory", f"paper-{size}", "fast/joint", "aux", "ratio_held",
-                 ratios[size]["aux_held"], "")
-        rows.add("memory", f"paper-{size}", "fast/joint", "aux", "ratio_share_of_peak",
-                 ratios[size]["aux_peak"], "")
-    measured_values = _measured_memory(rows, measured, spec, precision, ratios)
-    return {
-        "paper_batches": ", ".join(f"{b} ({s})" for s, b in batch_by_size.items()),
-        "memory_paper_table": table(
-            ["model", "method", "main: paper", "main: ours", "aux: paper", "aux: ours, held",
-             "aux: ours, share of the peak", "total: paper", "total: ours (peak)"], paper_rows),
-        "memory_breakdown_table": table(
-            ["model", "part", "weights", "gradients", "optimizer (master + m + v)",
-             "activations", "inference peak (transient)", "held total"], breakdown_rows),
-        **measured_values,
-    }, ratios
-
-
-def _measured_memory(rows: Rows, measured: dict[str, list[dict]], spec: Spec, precision: str,
-                     ratios: dict) -> dict[str, str]:
-    """Each mode's growth in its fresh processes beside the analytic peak at the timed shape;
-    adds the auxiliary fast/joint ratios at that shape to `ratios`."""
-    disc, gen = spec.encoders()
-    cfg = spec.config()
-    on_cuda = spec.device == "cuda"
-    analytic = {}
-    for mode in MEMORY_MODELLED:
-        m, a = cm.step_memory(disc, gen, AUXILIARY[mode], batch=spec.batch, seq_len=spec.seq_len,
-                              vocab_size=spec.vocab_size,
-                              max_positions=cfg.model.max_position_embeddings,
-                              precision=precision, frozen_bytes_per_param=2 if on_cuda else 4,
-                              mask_prob=cfg.masking.mask_prob)
-        peak = cm.peak_bytes(m, a)
-        analytic[mode] = (peak, peak - m.total)
-
-    base = [r["growth_bytes"] for r in measured["disc-only"]]
-    aux_median = {}
-    out = []
-    for mode, runs in measured.items():
-        growth = [r["growth_bytes"] for r in runs]
-        aux = [g - b for g, b in zip(growth, base)]
-        aux_median[mode] = statistics.median(aux)
-        a_total, a_aux = analytic.get(mode, (None, None))
-        out.append([mode, _mib([r["before_bytes"] for r in runs]),
-                    _mib([r["peak_bytes"] for r in runs]), _mib(growth),
-                    f"{a_total / MIB:,.1f}" if a_total is not None else "-",
-                    _mib(aux) if mode != "disc-only" else "0",
-                    f"{a_aux / MIB:,.1f}" if a_aux is not None else "-"])
-        for metric, values in (("measured_before", [r["before_bytes"] for r in runs]),
-                               ("measured_peak", [r["peak_bytes"] for r in runs]),
-                               ("measured_growth", growth)):
-            rows.add("memory", "timed-shape", mode, "total", metric,
-                     statistics.median(values) / MIB, "MiB")
-        rows.add("memory", "timed-shape", mode, "aux", "measured_growth_minus_disc_only",
-                 aux_median[mode] / MIB, "MiB")
-        if a_total is not None:
-            rows.add("memory", "timed-shape", mode, "total", "analytic", a_total / MIB, "MiB")
-    ja, fa = aux_median["electra"], aux_median["fast-electra"]
-    ratios["measured_aux"] = fa / ja if ja > 0 else float("nan")
-    ratios["analytic_aux"] = analytic["fast-electra"][1] / analytic["electra"][1]
-    return {
-        "memory_rounds": str(len(measured["disc-only"])),
-        "memory_steps": str(measured["disc-only"][0]["steps"]),
-        "memory_measured_table": table(
-            ["mode", "before (MiB)", "peak (MiB)", "growth (MiB)", "analytic (MiB)",
-             "aux = growth - disc-only (MiB)", "aux analytic (MiB)"], out),
-        "fast_aux_mib": f"{fa / MIB:.1f}", "joint_aux_mib": f"{ja / MIB:.1f}",
-        "measured_aux": f"{ratios['measured_aux']:.2f}",
-        "analytic_aux": f"{ratios['analytic_aux']:.2f}",
-    }
 
 
 # --------------------------------------------------------------------------------------------

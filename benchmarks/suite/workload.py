@@ -18,6 +18,7 @@ from fast_electra_ds.config import RunConfig, load_config
 from fast_electra_ds.data.masking import MaskedBatch, Masker, num_predictions
 from fast_electra_ds.method.flops import Encoder
 from fast_electra_ds.method.models import build_generator
+from fast_electra_ds.method.modes import validate_config
 
 # Synthetic vocabulary layout: ids 0-4 are the special tokens, the rest ordinary.
 SPECIAL_IDS = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
@@ -54,7 +55,7 @@ class Spec:
             overrides.append("ds_config=ds_configs/cpu_fp32.json")
         overrides += list(self.overrides)
         cfg = load_config(self.recipe, overrides)
-        cfg.validate(check_files=False)
+        validate_config(cfg, check_files=False)
         return cfg
 
     @property

@@ -8,7 +8,8 @@ not here (see training/ds_config.py).
   schema.py   the sections and their fields, each documented by the string under it
               (`field_docs`, `fast-electra config --list`); `save()` writes the resolved config
   loading.py  defaults -> recipe -> overrides, typed; unknown keys named with the nearest ones
-  checks.py   `validate()`: ranges and files, one error listing every problem
+  checks.py   `validate()`: ranges and files, one error listing every problem (with the mode's
+              own, which method.modes.validate_config adds: config imports only errors.py)
 """
 
 from fast_electra_ds.config.checks import names_a_folder, resolve_path

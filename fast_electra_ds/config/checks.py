@@ -1,5 +1,7 @@
 """Validation of a run config before any work: every out-of-range value and missing file in one
-error; what only one mode needs, the mode's class says (method/modes.py)."""
+error. What only one mode needs, the mode's class says (method/modes.py); config imports nothing
+of method/ (nor of data/, training/, downstream/), so `method.modes.validate_config` joins the
+two lists."""
 
 from __future__ import annotations
 
@@ -117,8 +119,4 @@ def problems(cfg: RunConfig, check_files: bool) -> list[str]:
         need(resolve_path(cfg.ds_config).is_file(),
              f"ds_config: {cfg.ds_config} does not exist (bundled: "
              f"{', '.join(sorted(p.name for p in (REPO_ROOT / 'ds_configs').glob('*.json')))})")
-    # what only one mode needs or forbids (generator.path, eval.judge=self, ...)
-    from fast_electra_ds.method.modes import mode_class
-
-    out += mode_class(cfg.mode).config_problems(cfg, check_files=check_files)
     return out

@@ -7,8 +7,9 @@ not here (see `ds_config.py`).
 
 Every field carries a docstring (the string literal under it); `field_docs()` reads them so that
 errors and `fast-electra config --list` can show them. Unknown keys are errors that list the valid
-ones; values are range-checked by `validate()` before any work starts; `save()` writes the resolved
-config into the run directory.
+ones; values are range-checked by `validate()` (with the mode's own checks:
+`method.modes.validate_config`) before any work starts; `save()` writes the resolved config into
+the run directory.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import functools
 import inspect
 import os
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -316,11 +318,14 @@ class RunConfig:
         tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
         os.replace(tmp, path)
 
-    def validate(self, *, check_files: bool = True) -> None:
-        """Raise one UserError listing every out-of-range value (and missing file)."""
+    def validate(self, *, check_files: bool = True, more: Iterable[str] = ()) -> None:
+        """Raise one UserError listing every out-of-range value (and missing file), and `more`.
+
+        These are the checks of the config alone; what only one mode needs or forbids, the mode
+        says (`method.modes.validate_config` passes it as `more`: config imports no mode)."""
         from fast_electra_ds.config.checks import problems as find_problems
 
-        problems = find_problems(self, check_files)
+        problems = find_problems(self, check_files) + list(more)
         if problems:
             raise UserError("invalid run config:\n  - " + "\n  - ".join(problems))
 

@@ -14,20 +14,27 @@ different tables do not compare; they are never put side by side silently.
 The plot: the held-out AUC of every run on the first run's evaluation set against training steps,
 training wall-clock seconds and training FLOPs, so "the same quality for less compute" is read
 from one picture.
+
+`fast-electra evaluate` (`evaluate_models`) puts finished runs, exports and HF discriminator
+folders on one set instead: a judge named on the command line, every model scored in one process.
 """
 
 from __future__ import annotations
 
 import json
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import torch
 import yaml
 
+from fast_electra_ds.data.loader import open_datasets
+from fast_electra_ds.downstream.export import load_discriminator
 from fast_electra_ds.errors import UserError
 from fast_electra_ds.paths import shown
-from fast_electra_ds.training.evaluation import read_record
+from fast_electra_ds.training.evaluation import (EVAL_SET_FILE, EvalSet, build_eval_set,
+                                                 load_judge, read_record, score_discriminator)
 from fast_electra_ds.training.plateau import ADVICE, on_plateau
 
 TRAIN_COLUMNS = [
@@ -210,3 +217,54 @@ def _wrap(text: str, width: int = 130) -> str:
     import textwrap
 
     return "\n".join(textwrap.wrap(text, width))
+
+
+# --------------------------------------------------------------------------------------------
+# `fast-electra evaluate`: finished runs and exports on one set
+
+
+EVALUATE_COLUMNS = [
+    ("model", "name"), ("step", "step"), ("eval RTD loss", "rtd_loss"),
+    ("eval RTD acc", "rtd_accuracy"), ("replaced recall", "rtd_accuracy_replaced"),
+    ("original acc", "rtd_accuracy_original"), ("AUC", "auc"),
+    ("AUC maskable", "auc_maskable"), ("AUC selected", "auc_selected"),
+    ("same set as its run", "same_set"), ("on the plateau", "plateau"),
+]
+
+
+def evaluate_models(targets: Sequence[str], *, judge: str, data: Sequence[str],
+                    num_sequences: int = 1024, seed: int = 0, mask_prob: float = 0.15,
+                    masking_style: str = "electra", batch_size: int = 64,
+                    device: str = "auto", logger: Callable[[str], None] = print
+                    ) -> tuple[EvalSet, list[dict]]:
+    """Score discriminators (run directories, exports, HF folders) on one evaluation set; one
+    process. Returns the set and a row per target (the metrics, name, step, source)."""
+    torch_device = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
+                                else "cpu" if device == "auto" else device)
+    _, info = open_datasets(list(data), "train")
+    # every target is loaded (and checked) before the judge runs
+    models = [load_discriminator(t) for t in targets]
+    for model, about in models:
+        if model.config.vocab_size != info.vocab_size:
+            raise UserError(f"{about['source']} has a vocabulary of {model.config.vocab_size} "
+                            f"tokens, the data {data[0]} {info.vocab_size}: evaluate on the data "
+                            f"it was trained with")
+    judge_model, fingerprint = load_judge(judge, info, device=torch_device, logger=logger)
+    source = Path(judge).expanduser()
+    eval_set = build_eval_set(data, info, judge=judge_model,
+                              judge_name=str(source.resolve()) if source.is_dir() else judge,
+                              judge_fingerprint=fingerprint, num_sequences=num_sequences,
+                              seed=seed, mask_prob=mask_prob, masking_style=masking_style,
+                              device=torch_device, batch_size=batch_size, logger=logger)
+    del judge_model
+    rows = []
+    for (model, about), target in zip(models, targets):
+        metrics = score_discriminator(model.to(torch_device), eval_set, device=torch_device,
+                                      batch_size=batch_size)
+        record = read_record(target) if Path(target, EVAL_SET_FILE).is_file() else None
+        same = None if record is None else ("yes" if record["key"] == eval_set.spec.key
+                                            else "no")
+        rows.append({**metrics, **about, "same_set": same,
+                     "plateau": "yes" if on_plateau(metrics) else "no"})
+        model.cpu()
+    return eval_set, rows

@@ -71,7 +71,8 @@ class Mode(ABC):
 
     @classmethod
     def config_problems(cls, cfg: RunConfig, *, check_files: bool) -> list[str]:
-        """Settings that only this mode needs or forbids (RunConfig.validate lists them)."""
+        """Settings that only this mode needs or forbids (`validate_config` lists them with the
+        config's own problems)."""
         out = []
         # judge=self: a generator that trains corrupts the set at each evaluation (electra)
         if cfg.eval.judge == SELF_JUDGE and not (cls.samples and cls.trains_generator):
@@ -132,6 +133,11 @@ class Mode(ABC):
         if not self.samples:
             return 1.0
         return temperature_at(self.cfg.temperature, u, t0=self.t0)
+
+    def schedule_metrics(self, temp: float) -> dict[str, float]:
+        """What the loop logs of the sampling schedule at T: the temperature in a mode that
+        draws replacements, nothing in one that does not."""
+        return {"temperature": temp} if self.samples else {}
 
     def calibrate(self, first_batches: Callable[[], Iterable[MaskedBatch]]) -> None:
         """Measure what the schedule needs from the run's first batches (the same on every rank
@@ -321,3 +327,10 @@ MODES: dict[str, type[Mode]] = {cls.name: cls for cls in (FastElectra, Electra, 
 def mode_class(name: str) -> type[Mode]:
     """The class of mode `name` (a config.MODES entry)."""
     return MODES[name]
+
+
+def validate_config(cfg: RunConfig, *, check_files: bool = True) -> None:
+    """The whole check of a run config before any work, one UserError listing every problem: the
+    config's own (RunConfig.validate: ranges, files) and its mode's (Mode.config_problems)."""
+    cfg.validate(check_files=check_files,
+                 more=mode_class(cfg.mode).config_problems(cfg, check_files=check_files))

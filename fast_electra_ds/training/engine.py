@@ -4,7 +4,8 @@
 under the `deepspeed` launcher (RANK/WORLD_SIZE/LOCAL_RANK in the environment). `build_engine`
 hands the trainable module, an AdamW and a warmup/linear-decay schedule to
 `deepspeed.initialize` with the resolved JSON. The frozen generator never comes here: the
-training engine would cast it and, under ZeRO-3, shard it.
+training engine would cast it and, under ZeRO-3, shard it. `export_generator` gathers a trained
+generator's shards to write it as a HF folder.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import socket
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -150,3 +152,18 @@ def build_engine(module: torch.nn.Module, cfg: RunConfig, ds: dict[str, Any],
     engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer,
                                            lr_scheduler=scheduler, config=ds)
     return engine, name
+
+
+def export_generator(model: torch.nn.Module, out: Path, *, tokenizer: str, is_main: bool) -> None:
+    """Write the engine's trained generator as a HF masked-LM folder with the data's tokenizer
+    (mode=mlm's RUN_DIR/generator). Collective: under ZeRO-3 each rank holds a shard, so the full
+    weights are gathered first (a no-op below stage 3)."""
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+        if is_main:
+            model.save_pretrained(out, safe_serialization=True)
+            from transformers import AutoTokenizer
+
+            AutoTokenizer.from_pretrained(tokenizer).save_pretrained(out)
+    torch.distributed.barrier()

@@ -6,8 +6,8 @@ discriminators' held-out numbers compare only when one generator corrupted both 
 A run's own generator will not do: fast-electra's frozen generator and electra's jointly trained
 one (which changes as it learns) are different tests. Instead a *judge*, a fixed masked LM,
 corrupts a fixed sample of the valid split once, at T = 1, and every run is scored on those
-tokens: any mode, any number of ranks or micro-batch size, and (`fast-electra evaluate`) finished
-runs and exported discriminators.
+tokens: any mode, any number of ranks or micro-batch size, and (`fast-electra evaluate`,
+downstream/compare.py) finished runs and exported discriminators.
 
   EvalSpec        what fixes the set: the judge's weights (a digest, not its path), the valid
                   data (digests of its files), the seed, the number of sequences, the masking.
@@ -42,7 +42,6 @@ from fast_electra_ds.method.modes import EvalTargets
 from fast_electra_ds.method.objectives import mlm_loss, rtd_loss
 from fast_electra_ds.metrics import binary_auc, gather_1d, reduce_metrics
 from fast_electra_ds.paths import shown
-from fast_electra_ds.training.plateau import on_plateau
 
 JUDGE_TEMPERATURE = 1.0  # the judge's own distribution: the hardest test it can set
 JUDGE_SEED_OFFSET = 7919  # the judge's sampling noise is apart from the masks' (same eval seed)
@@ -308,57 +307,3 @@ def read_record(run_dir: str | Path) -> Mapping | None:
     """RUN_DIR/eval_set.json, or None for a run that never evaluated (or predates the file)."""
     path = Path(run_dir) / EVAL_SET_FILE
     return json.loads(path.read_text()) if path.is_file() else None
-
-
-# --------------------------------------------------------------------------------------------
-# `fast-electra evaluate`: finished runs and exports on one set
-
-
-EVALUATE_COLUMNS = [
-    ("model", "name"), ("step", "step"), ("eval RTD loss", "rtd_loss"),
-    ("eval RTD acc", "rtd_accuracy"), ("replaced recall", "rtd_accuracy_replaced"),
-    ("original acc", "rtd_accuracy_original"), ("AUC", "auc"),
-    ("AUC maskable", "auc_maskable"), ("AUC selected", "auc_selected"),
-    ("same set as its run", "same_set"), ("on the plateau", "plateau"),
-]
-
-
-def evaluate_models(targets: Sequence[str], *, judge: str, data: Sequence[str],
-                    num_sequences: int = 1024, seed: int = 0, mask_prob: float = 0.15,
-                    masking_style: str = "electra", batch_size: int = 64,
-                    device: str = "auto", logger: Callable[[str], None] = print
-                    ) -> tuple[EvalSet, list[dict]]:
-    """Score discriminators (run directories, exports, HF folders) on one evaluation set; one
-    process. Returns the set and a row per target (the metrics, name, step, source)."""
-    from fast_electra_ds.data.loader import open_datasets
-    from fast_electra_ds.downstream.export import load_discriminator
-
-    torch_device = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
-                                else "cpu" if device == "auto" else device)
-    _, info = open_datasets(list(data), "train")
-    # every target is loaded (and checked) before the judge runs
-    models = [load_discriminator(t) for t in targets]
-    for model, about in models:
-        if model.config.vocab_size != info.vocab_size:
-            raise UserError(f"{about['source']} has a vocabulary of {model.config.vocab_size} "
-                            f"tokens, the data {data[0]} {info.vocab_size}: evaluate on the data "
-                            f"it was trained with")
-    judge_model, fingerprint = load_judge(judge, info, device=torch_device, logger=logger)
-    source = Path(judge).expanduser()
-    eval_set = build_eval_set(data, info, judge=judge_model,
-                              judge_name=str(source.resolve()) if source.is_dir() else judge,
-                              judge_fingerprint=fingerprint, num_sequences=num_sequences,
-                              seed=seed, mask_prob=mask_prob, masking_style=masking_style,
-                              device=torch_device, batch_size=batch_size, logger=logger)
-    del judge_model
-    rows = []
-    for (model, about), target in zip(models, targets):
-        metrics = score_discriminator(model.to(torch_device), eval_set, device=torch_device,
-                                      batch_size=batch_size)
-        record = read_record(target) if Path(target, EVAL_SET_FILE).is_file() else None
-        same = None if record is None else ("yes" if record["key"] == eval_set.spec.key
-                                            else "no")
-        rows.append({**metrics, **about, "same_set": same,
-                     "plateau": "yes" if on_plateau(metrics) else "no"})
-        model.cpu()
-    return eval_set, rows

@@ -11,7 +11,7 @@ a run:
       the environment.
   deepspeed [launcher flags] launch_scripts/pretrain_large.sh [key=value ...]
       the launcher runs `python -u FILE --local_rank=N [args]` on every rank; Python skips the
-      bash part (a string literal) and calls `run_rank`, which hands the script's recipe, its
+      bash part (a string literal) and calls `cli.run_rank`, which hands the script's recipe, its
       settings, the environment's and the command line's overrides to `fast-electra pretrain`.
 
 The arguments are run-config overrides (`fast-electra config --list` shows every key) and
@@ -26,7 +26,8 @@ below) and `exec` this module on the file, so bash reads no further. The last ba
 `: <<'# end of the Python part'`, makes the rest of the file, down to that comment on its last
 line, a here-document, so that `bash -n` passes on the whole file. Python skips the bash lines
 as the string, puts the checkout on sys.path (a rank may run without the package installed) and
-calls `run_rank(recipe, settings)`. Scripts differ only in their header, recipe and settings.
+calls `cli.run_rank(recipe, settings)` (the command line: `rank_argv` below). Scripts differ only
+in their header, recipe and settings.
 
 Run config from the environment (read on each rank; the bash form also turns them into
 command-line arguments, which the launcher passes to every node, remote ones included):
@@ -116,13 +117,6 @@ def rank_argv(recipe: str, settings: Sequence[str], argv: Sequence[str],
     settings = [s.replace("{recipe}", Path(recipe).stem) for s in settings]
     return [*local_rank, "pretrain", "--config", recipe, *settings, *env_overrides(environ),
             *rest]
-
-
-def run_rank(recipe: str, settings: Sequence[str] = (), argv: Sequence[str] | None = None) -> int:
-    """The Python side of a launch script: pretrain with the script's recipe and settings."""
-    from fast_electra_ds.cli import main
-
-    return main(rank_argv(recipe, settings, sys.argv[1:] if argv is None else argv))
 
 
 def _integer(environ: Mapping[str, str], var: str) -> str | None:

@@ -9,6 +9,10 @@ process dies, however it dies, so there is never a stale lock to clean up; the f
 and says who held it last. (flock works across the hosts of a shared filesystem where that
 filesystem supports it: NFSv4 and Lustre with `flock` mounted do; a local disk is one host.)
 
+A run refused before it wrote anything takes its trace back on `release`: the run.lock it
+created, and run_dir (with its parents) where `acquire` created it. A folder that was there
+before, and whatever it held, stays.
+
 Readers take no lock: `export` and `evaluate` read committed checkpoints, which a running run only
 ever adds (and deletes beyond keep_last, after a newer commit).
 """
@@ -35,10 +39,17 @@ class RunDirLock:
     def __init__(self, run_dir: str | os.PathLike):
         self.path = Path(run_dir) / LOCK_FILE
         self._fd: int | None = None
+        self._created: list[Path] = []  # the folders acquire() made, run_dir first
+        self._found: set[str] | None = None  # what run_dir held before, if it had no lock file
 
     def acquire(self) -> None:
         """Take the lock, or raise UserError naming the run that holds it."""
+        folder, created = self.path.parent, []
+        while not folder.exists():
+            created.append(folder)
+            folder = folder.parent
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        found = set(os.listdir(self.path.parent))
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -58,12 +69,26 @@ class RunDirLock:
         os.ftruncate(fd, len(data))
         os.fsync(fd)
         self._fd = fd
+        self._created, self._found = created, (found if LOCK_FILE not in found else None)
 
     def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+        """Unlock. If nothing new appeared in run_dir but the lock file that acquire() created
+        (the run was refused before it wrote anything), that file goes again, and so do run_dir
+        and its parents where acquire() created them."""
+        if self._fd is None:
+            return
+        if (self._found is not None
+                and set(os.listdir(self.path.parent)) == self._found | {LOCK_FILE}):
+            self.path.unlink()  # still holding the lock: no other run is using the folder
+            for folder in self._created:
+                try:
+                    folder.rmdir()
+                except OSError:  # not empty: something was put there meanwhile; it stays
+                    break
+        self._created, self._found = [], None
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
 
     def __enter__(self) -> RunDirLock:
         self.acquire()

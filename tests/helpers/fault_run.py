@@ -24,7 +24,7 @@ import torch
 
 from fast_electra_ds.config import load_config
 from fast_electra_ds.method.modes import Mode
-from fast_electra_ds.training import loop
+from fast_electra_ds.training import loop, resume as resuming
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--local_rank", type=int, default=None)
@@ -71,7 +71,7 @@ if args.fail_save_step >= 0:
 
     TorchCheckpointEngine.save = fail_save(TorchCheckpointEngine.save)
 train_start = {"step": 0}
-real_resume = loop.checkpoint.resume
+real_resume = resuming.resume
 
 
 def resume(engine, plan, log):
@@ -80,7 +80,7 @@ def resume(engine, plan, log):
     return state
 
 
-loop.checkpoint.resume = resume
+resuming.resume = resume
 
 cfg = load_config("tiny", overrides)
 cfg.validate()

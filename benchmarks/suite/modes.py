@@ -125,7 +125,7 @@ def build_mode(name: str, spec: Spec, env: DistEnv) -> BenchMode:
 
     mode = _library_mode(name, cfg, spec, env)
     engine, _ = build_engine(mode.build(), cfg, ds, env)
-    if cfg.train.compile:  # as training.loop does (the frozen generator: in mode.build)
+    if cfg.train.compile:  # as training.assembly does (the frozen generator: in mode.build)
         engine.compile()
     # the curriculum's first temperature (joint mode: its constant one), calibrated on the
     # workload's batches where the schedule asks; the cost does not depend on T

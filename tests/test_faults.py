@@ -339,19 +339,23 @@ def test_second_run_on_a_run_dir_in_use_stops_before_any_compute(tmp_path, tiny_
     run_dir = tmp_path / "run"
     args = _common(tiny_dataset, tiny_generator, run_dir, "train.steps=10",
                    "checkpoint.save_every=5")
-    first = _torchrun(["--slow-after-step", "1", *args])
-    _wait_for(lambda: (run_dir / "metrics.jsonl").is_file() and _losses(run_dir), first)
-    holder = json.loads((run_dir / "run.lock").read_text())
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    second = subprocess.run([str(BIN / "fast-electra"), "pretrain", "--config", "tiny", *args],
-                            capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
-    assert first.poll() is None  # the second stopped while the first still runs
-    assert second.returncode == 2, second.stdout[-2000:] + second.stderr[-2000:]
-    err = second.stderr
-    assert f"run_dir {run_dir} is in use by another run" in err
-    assert f"pid {holder['pid']} on host {holder['host']}" in err and "fault_run.py" in err
-    assert "another run_dir" in err and "Traceback" not in err
-    assert "resumed from" not in second.stdout and "[train step" not in second.stdout
+    release = tmp_path / "release"  # the first run holds after step 1 until the test is done
+    first = _torchrun(["--hold-after-step", "1", "--release-file", str(release), *args])
+    try:
+        _wait_for(lambda: (run_dir / "metrics.jsonl").is_file() and _losses(run_dir), first)
+        holder = json.loads((run_dir / "run.lock").read_text())
+        env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+        second = subprocess.run([str(BIN / "fast-electra"), "pretrain", "--config", "tiny", *args],
+                                capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+        assert first.poll() is None  # the second stopped while the first still runs
+        assert second.returncode == 2, second.stdout[-2000:] + second.stderr[-2000:]
+        err = second.stderr
+        assert f"run_dir {run_dir} is in use by another run" in err
+        assert f"pid {holder['pid']} on host {holder['host']}" in err and "fault_run.py" in err
+        assert "another run_dir" in err and "Traceback" not in err
+        assert "resumed from" not in second.stdout and "[train step" not in second.stdout
+    finally:
+        release.touch()
     out, _ = first.communicate(timeout=600)
     assert first.returncode == 0, out[-3000:]
     assert [r["step"] for r in _records(run_dir)] == list(range(1, 11))

@@ -6,6 +6,9 @@ launcher (torchrun or deepspeed), or as a plain process:
 --nan-steps: on rank R, the loss of those optimizer steps (1-based) is NaN.
 --slow-after-step: after that step, every step sleeps 0.5 s, so that a test can kill -9 or
     SIGTERM the run part-way, from outside, without racing it.
+--hold-after-step N --release-file PATH: after step N, every step waits until PATH exists (at
+    most 300 s), so that a test can act while the run is certainly still running, however long
+    its action takes on a loaded machine.
 --fail-save-step S --fail-save-rank R: on rank R, the checkpoint of step S fails as on a full
     disk: its first shard file is written half, then the write raises ENOSPC.
 At the end, each rank writes RUN_DIR/fault_result_rank<R>.json: whether every trained weight is
@@ -31,6 +34,8 @@ parser.add_argument("--local_rank", type=int, default=None)
 parser.add_argument("--nan-rank", type=int, default=-1)
 parser.add_argument("--nan-steps", default="")
 parser.add_argument("--slow-after-step", type=int, default=-1)
+parser.add_argument("--hold-after-step", type=int, default=-1)
+parser.add_argument("--release-file", default="")
 parser.add_argument("--fail-save-step", type=int, default=-1)
 parser.add_argument("--fail-save-rank", type=int, default=-1)
 args, overrides = parser.parse_known_args()
@@ -49,6 +54,10 @@ def forward(self, engine, batch, temp):
         out = {**out, "loss": out["loss"] * float("nan")}
     if 0 <= args.slow_after_step < step:
         time.sleep(0.5)
+    if 0 <= args.hold_after_step < step:
+        deadline = time.time() + 300
+        while not os.path.exists(args.release_file) and time.time() < deadline:
+            time.sleep(0.1)
     return out
 
 

@@ -77,6 +77,17 @@ def other_judges(demo: Path, record: dict) -> list[tuple[str, str, list[dict]]]:
     return out
 
 
+def _schedule(run: dict) -> str:
+    """fast-electra's temperature schedule as it ran, with the T0 a calibrated run measured."""
+    t = run["config"]["temperature"]
+    if t["schedule"] != "calibrated":
+        return f"schedule {t['schedule']}, T0 = {t['t0']}, tau = {t['tau']}"
+    measured = run["calibration"]
+    t0 = f"{measured['t0']:.3f}" if measured else "not recorded"
+    return (f"T0 calibrated on the generator ({t0}: start_entropy {t['start_entropy']}), "
+            f"tau = {t['tau']}")
+
+
 def report(runs: list[dict], record: dict,
            judged: list[tuple[str, str, list[dict]]]) -> str:
     fast, joint = runs
@@ -128,8 +139,8 @@ def report(runs: list[dict], record: dict,
         f"Both runs: discriminator {m['num_layers']} layers x {m['hidden_size']} (embeddings "
         f"{m['embedding_size']}), seq_len {cfg['data']['seq_len']}, batch "
         f"{cfg['train']['global_batch_size']}, {cfg['train']['steps']:,} steps, lr "
-        f"{cfg['optim']['lr']}, dropout {m['hidden_dropout']}. fast-electra: the frozen "
-        f"generator, T0 = {cfg['temperature']['t0']}, tau = {cfg['temperature']['tau']}. "
+        f"{cfg['optim']['lr']}, dropout {m['hidden_dropout']}, RTD head bias "
+        f"{m['head_bias_init']}. fast-electra: the frozen generator, {_schedule(fast)}. "
         f"electra: generator {joint['config']['generator']['num_layers']} layers x "
         f"{joint['config']['generator']['hidden_size']}, trained jointly, T = 1.",
         f"Held-out: {describe_set(record)}. AUC is over all real tokens; \"AUC maskable\" "

@@ -27,7 +27,9 @@ def _run(mode: str, seconds_per_step: float, aucs: list[float]) -> dict:
               "rtd_accuracy_replaced": 0.1, "train_seconds": 500 * (i + 1) * seconds_per_step,
               "train_flops": 500 * (i + 1) * (3e9 if mode == "fast-electra" else 4e9)}
              for i, a in enumerate(aucs)]
-    return {"name": mode, "config": cfg, "train": [], "evals": evals, "eval_set": None}
+    calibration = {"t0": 2.427, "entropy_at_1": 5.0, "entropy_at_t0": 6.5, "slots": 500}
+    return {"name": mode, "config": cfg, "train": [], "evals": evals, "eval_set": None,
+            "calibration": calibration if mode == "fast-electra" else None}
 
 
 def test_report_compares_at_equal_steps_and_equal_wall_clock():
@@ -44,6 +46,9 @@ def test_report_compares_at_equal_steps_and_equal_wall_clock():
     assert "At equal training wall-clock (80 s, where fast-electra has done 2,000 steps and " \
            "electra 1,600), fast-electra is at 0.700 and electra at 0.572" in text
     assert "| 2,000 | 0.7 | 0.58 |" in text
+    # the schedule as it ran: the T0 the run measured, not the config's unused t0
+    assert "T0 calibrated on the generator (2.427: start_entropy 0.9), tau = 0.1" in text
+    assert "RTD head bias prior" in text
 
 
 def test_report_needs_one_evaluation_set(tmp_path):

@@ -113,7 +113,13 @@ def test_a_run_calibrates_t0_on_its_first_batches_and_starts_there(tmp_path, tin
         cfg.validate()
         loop.pretrain(cfg)
         t0 = float(re.search(r"calibrated T0 = ([0-9.]+)", capsys.readouterr().out).group(1))
-        first = json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[0])
+        records = [json.loads(line)
+                   for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        # what was measured is kept with the run, before its first step
+        assert records[0]["split"] == "calibration" and records[0]["t0"] == t0
+        assert records[0]["entropy_at_t0"] > records[0]["entropy_at_1"] > 0
+        first = records[1]
+        assert first["split"] == "train" and first["step"] == 1
         assert first["temperature"] == pytest.approx(t0, abs=5e-4)  # u = 0 at step 1
         runs[name] = t0
     assert runs["a"] == runs["b"] and runs["a"] > 1.0

@@ -52,7 +52,8 @@ EVAL_COLUMNS = [
 
 
 def read_run(run_dir: str | Path) -> dict:
-    """A run's config, its train and eval records (metrics.jsonl) and its eval-set record."""
+    """A run's config, its train, eval and alert records (metrics.jsonl), what its schedule
+    measured before training (the calibration record, or None) and its eval-set record."""
     run = Path(run_dir)
     metrics_file, config_file = run / "metrics.jsonl", run / "config.yaml"
     if not metrics_file.is_file() or not config_file.is_file():
@@ -64,6 +65,7 @@ def read_run(run_dir: str | Path) -> dict:
         records.setdefault(rec["split"], []).append(rec)
     return {"name": run.name, "config": yaml.safe_load(config_file.read_text()),
             "train": records["train"], "evals": records["eval"], "alerts": records["alert"],
+            "calibration": (records.get("calibration") or [None])[-1],
             "eval_set": read_record(run)}
 
 

@@ -139,9 +139,12 @@ class Mode(ABC):
         draws replacements, nothing in one that does not."""
         return {"temperature": temp} if self.samples else {}
 
-    def calibrate(self, first_batches: Callable[[], Iterable[MaskedBatch]]) -> None:
+    def calibrate(self, first_batches: Callable[[], Iterable[MaskedBatch]]
+                  ) -> dict[str, float] | None:
         """Measure what the schedule needs from the run's first batches (the same on every rank
-        and on resume; `first_batches` reads them); nothing by default."""
+        and on resume; `first_batches` reads them) and return what was measured, for the run's
+        log; nothing by default."""
+        return None
 
     @abstractmethod
     def engine_inputs(self, batch: MaskedBatch, temp: float
@@ -201,12 +204,13 @@ class FastElectra(Mode):
             self.frozen_generator.compile()
         return FastElectraObjective(self._discriminator(), fused=self.fused)
 
-    def calibrate(self, first_batches: Callable[[], Iterable[MaskedBatch]]) -> None:
+    def calibrate(self, first_batches: Callable[[], Iterable[MaskedBatch]]
+                  ) -> dict[str, float] | None:
         """schedule=calibrated: T0 from the frozen generator's logits at the masked positions of
         the first batches (temperature.calibrate_t0)."""
         t = self.cfg.temperature
         if t.schedule != "calibrated":
-            return
+            return None
         rows = []
         with torch.no_grad():
             for batch in first_batches():
@@ -216,10 +220,12 @@ class FastElectra(Mode):
                                        batch.token_type_ids)  # [B, K, V]
                 rows.append(logits[batch.weights > 0].float())  # [used slots, V]
         self.t0, h1, target = calibrate_t0(torch.cat(rows), t.start_entropy)
+        slots = sum(len(r) for r in rows)
         self.log(f"temperature: calibrated T0 = {self.t0:.3f}: the generator's entropy at the "
-                 f"masked positions of {sum(len(r) for r in rows):,} slots is {h1:.3f} nats at "
+                 f"masked positions of {slots:,} slots is {h1:.3f} nats at "
                  f"T = 1 and {target:.3f} at T0, {t.start_entropy:g} of the way to the uniform "
                  f"distribution's {math.log(self.vocab_size):.3f}")
+        return {"t0": self.t0, "entropy_at_1": h1, "entropy_at_t0": target, "slots": slots}
 
     def generator_shape(self) -> flops.Encoder:
         if self.frozen_generator is None:  # before build(): the config's shape

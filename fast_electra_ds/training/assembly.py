@@ -174,10 +174,12 @@ def _build(cfg: RunConfig, env: DistEnv, ds: dict[str, Any], data_info: DataInfo
     # what the schedule measures (schedule=calibrated): the first 256 training sequences in
     # batches of 16, read from the start whatever the rank, micro-batch or resume, so every
     # rank and every attempt agrees
-    mode.calibrate(lambda: itertools.islice(build_loader(
+    calibration = mode.calibrate(lambda: itertools.islice(build_loader(
         cfg.data.paths, split="train", seq_len=cfg.data.seq_len, micro_batch_size=16,
         global_batch_size=16, rank=0, world_size=1, seed=cfg.seed,
         consumed_samples=0, masker=masker, weights=cfg.data.weights or None), 256 // 16))
+    if calibration is not None and state.step == 0:  # a resumed run measured the same before
+        logger.log(0, calibration, prefix="calibration")
     train_batches = build_loader(
         cfg.data.paths, split="train", seq_len=cfg.data.seq_len,
         micro_batch_size=cfg.train.micro_batch_size,

@@ -1,9 +1,11 @@
 """Crash safety, exact resume and fault handling (issue 5), on CPU with 2 ranks over gloo.
 
 What is guaranteed, and the test that shows it:
+  * a resume in a fresh process repeats the uninterrupted run's steps bit for bit (ZeRO 0/2/3
+    x fp32/bf16), and the test notices a missing RNG restore
+                                                 test_resume_is_bit_identical_at_every_zero_*
   * kill -9 part-way, then resume=auto: the following steps' losses are bit-identical to an
-    uninterrupted run (ZeRO 0/2/3 x fp32/bf16)         test_kill9_resume_is_bit_identical
-    ... and the test notices a missing RNG restore       test_kill9_negative_control_without_rng
+    uninterrupted run                                    test_kill9_resume_is_bit_identical
   * a crash between the shard writes and the commit leaves the previous checkpoint as the one
     that loads                                           test_crash_before_commit_falls_back
   * a truncated shard, or a `latest` that points nowhere, is a clear error naming the file
@@ -38,6 +40,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
@@ -48,6 +51,7 @@ from fast_electra_ds.training import checkpoint, loop, resume
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 HELPER = REPO / "tests" / "helpers" / "fault_run.py"
+MANY_RUNS = REPO / "tests" / "helpers" / "many_runs.py"
 _port = iter(range(29600, 29700))
 
 
@@ -57,11 +61,11 @@ def _common(dataset, generator, run_dir, *extra):
             "train.global_batch_size=8", "train.micro_batch_size=4", *extra]
 
 
-def _torchrun(args: list[str], **popen) -> subprocess.Popen:
+def _torchrun(args: list[str], script: Path = HELPER, **popen) -> subprocess.Popen:
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO),
            "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port",
-                             str(next(_port)), str(HELPER), *args], env=env, cwd=REPO,
+                             str(next(_port)), str(script), *args], env=env, cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True, **popen)
 
@@ -88,34 +92,99 @@ def _losses(run_dir: Path) -> dict[int, float]:
     return out
 
 
-def _kill9_and_resume(tmp_path, dataset, generator, ds_config, name) -> tuple[dict, Path]:
-    """Run 8 steps uninterrupted; run again, kill -9 it (all ranks) after step 4's checkpoint,
-    resume. Returns the reference losses and the resumed run's directory."""
-    extra = ["train.steps=8", "checkpoint.save_every=4", f"ds_config={ds_config}"]
-    ref = tmp_path / f"{name}-ref"
-    _run(_common(dataset, generator, ref, *extra))
-    crashed = tmp_path / f"{name}-crashed"
-    proc = _torchrun(["--slow-after-step", "4", *_common(dataset, generator, crashed, *extra)])
+ZERO_DTYPES = ["cpu_fp32", "cpu_bf16", "cpu_zero2_fp32", "cpu_zero2_bf16", "cpu_zero3_fp32",
+               "cpu_zero3_bf16"]
+KILLED = "cpu_zero2_bf16"  # the configuration the real kill -9 runs with (launch_scripts' ZeRO)
+
+
+def _eight_steps(ds_config: str) -> list[str]:
+    return ["train.steps=8", "checkpoint.save_every=4", f"ds_config=ds_configs/{ds_config}.json"]
+
+
+def _run_many(tmp_path: Path, name: str, runs: list[list[str]]) -> str:
+    """Several runs one after another in one fresh 2-rank launch (helpers/many_runs.py)."""
+    spec = tmp_path / f"{name}.json"
+    spec.write_text(json.dumps(runs))
+    proc = _torchrun([str(spec)], script=MANY_RUNS)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def references(tmp_path_factory, tiny_dataset, tiny_generator) -> dict[str, Path]:
+    """Each ZeRO stage x dtype's 8 uninterrupted steps (checkpoints at 4 and 8): the runs that
+    the resumes below must repeat, all in one launch."""
+    root = tmp_path_factory.mktemp("references")
+    dirs = {c: root / c for c in ZERO_DTYPES}
+    _run_many(root, "references", [_common(tiny_dataset, tiny_generator, dirs[c], *_eight_steps(c))
+                                    for c in ZERO_DTYPES])
+    return dirs
+
+
+def test_resume_is_bit_identical_at_every_zero_stage_and_dtype(tmp_path, tiny_dataset,
+                                                                tiny_generator, references):
+    """ZeRO 0/2/3 x fp32/bf16: a fresh process resuming from the step-4 checkpoint repeats the
+    uninterrupted run's steps 5-8 bit for bit (the checkpoint holds everything a step draws on:
+    weights, optimizer, scheduler, data position, every rank's RNG). The resumes run in one
+    launch that never saw the references. Negative control, in the same launch: the same resume
+    with each rank's RNG states replaced by fresh ones; dropout draws differ, and so must the
+    losses, or this test could not fail."""
+    control = tmp_path / "no-rng-checkpoint" / "step000000004"
+    shutil.copytree(references["cpu_zero2_fp32"] / "checkpoints" / "step000000004", control)
+    states = control / "mp_rank_00_model_states.pt"
+    blob = torch.load(states, weights_only=False)
+    torch.manual_seed(12345)
+    blob["rng_states"] = [checkpoint.rng_state() for _ in blob["rng_states"]]
+    torch.save(blob, states)
+    marker = json.loads((control / checkpoint.MARKER).read_text())
+    marker["files"][states.name] = states.stat().st_size
+    (control / checkpoint.MARKER).write_text(json.dumps(marker))
+
+    resumed = {c: tmp_path / c for c in ZERO_DTYPES}
+    runs = [_common(tiny_dataset, tiny_generator, resumed[c], *_eight_steps(c),
+                    f"checkpoint.resume={references[c] / 'checkpoints' / 'step000000004'}")
+            for c in ZERO_DTYPES]
+    runs.append(_common(tiny_dataset, tiny_generator, tmp_path / "no-rng",
+                        *_eight_steps("cpu_zero2_fp32"), f"checkpoint.resume={control}"))
+    out = _run_many(tmp_path, "resumes", runs)
+    assert out.count("resumed from") == len(runs)
+    for c in ZERO_DTYPES:
+        ref, got = _losses(references[c]), _losses(resumed[c])
+        assert sorted(got) == [5, 6, 7, 8], (c, sorted(got))
+        assert [got[s] for s in range(5, 9)] == [ref[s] for s in range(5, 9)], c
+    assert _losses(tmp_path / "no-rng")[5] != _losses(references["cpu_zero2_fp32"])[5]
+
+
+def _kill9_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL to the launcher and every process under it, at once, as a node failure does.
+    Not killpg: torchrun starts each rank in a session of its own, so a rank outlives a kill of
+    the launcher's group, trains on and commits later checkpoints behind the test's back."""
+    launcher = psutil.Process(proc.pid)
+    tree = [launcher, *launcher.children(recursive=True)]
+    for p in tree:
+        p.kill()
+    psutil.wait_procs(tree, timeout=60)
+    proc.wait()
+
+
+def test_kill9_resume_is_bit_identical(tmp_path, tiny_dataset, tiny_generator, references):
+    """kill -9 of the launcher and every rank mid-step after step 4's checkpoint, then
+    resume=auto in the same run_dir: steps 5-8 are the uninterrupted run's, and metrics.jsonl
+    holds one history, the killed attempt's later entries kept aside."""
+    crashed = tmp_path / "crashed"
+    args = _common(tiny_dataset, tiny_generator, crashed, *_eight_steps(KILLED))
+    proc = _torchrun(["--slow-after-step", "4", *args])
     marker = crashed / "checkpoints" / "step000000004" / checkpoint.MARKER
     deadline = time.time() + 300
     while not (marker.is_file() and 5 in _losses(crashed)) and time.time() < deadline:
         assert proc.poll() is None, proc.stdout.read()[-3000:]
         time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and every rank, mid-step
-    proc.wait()
+    _kill9_tree(proc)
     assert max(_losses(crashed)) < 8  # it really died part-way
-    return _losses(ref), crashed
-
-
-@pytest.mark.parametrize("ds_config", ["cpu_fp32", "cpu_bf16", "cpu_zero2_fp32",
-                                       "cpu_zero2_bf16", "cpu_zero3_fp32", "cpu_zero3_bf16"])
-def test_kill9_resume_is_bit_identical(tmp_path, tiny_dataset, tiny_generator, ds_config):
-    ref, crashed = _kill9_and_resume(tmp_path, tiny_dataset, tiny_generator,
-                                     f"ds_configs/{ds_config}.json", ds_config)
-    out = _run(_common(tiny_dataset, tiny_generator, crashed, "train.steps=8",
-                       "checkpoint.save_every=4", f"ds_config=ds_configs/{ds_config}.json"))
-    assert "resumed from" in out and "step 4" in out
-    got = _losses(crashed)
+    out = _run(args)
+    assert "resumed from" in out and "step 4" in out, out[-3000:]
+    ref, got = _losses(references[KILLED]), _losses(crashed)
     assert [got[s] for s in range(5, 9)] == [ref[s] for s in range(5, 9)]
     # one history: every step once, in order, each the uninterrupted run's
     steps = [r["step"] for r in _records(crashed)]
@@ -123,26 +192,6 @@ def test_kill9_resume_is_bit_identical(tmp_path, tiny_dataset, tiny_generator, d
     assert got == ref
     discarded = crashed / "metrics.discarded-after-step4.jsonl"
     assert 5 in {r["step"] for r in map(json.loads, discarded.read_text().splitlines())}
-
-
-def test_kill9_negative_control_without_rng(tmp_path, tiny_dataset, tiny_generator):
-    """The same resume with each rank's RNG states in the checkpoint replaced by fresh ones:
-    dropout draws differ, and so must the losses, or the test above could not fail."""
-    cfg = "ds_configs/cpu_zero2_fp32.json"
-    ref, crashed = _kill9_and_resume(tmp_path, tiny_dataset, tiny_generator, cfg, "neg")
-    states = crashed / "checkpoints" / "step000000004" / "mp_rank_00_model_states.pt"
-    blob = torch.load(states, weights_only=False)
-    torch.manual_seed(12345)
-    blob["rng_states"] = [checkpoint.rng_state() for _ in blob["rng_states"]]
-    torch.save(blob, states)
-    marker_path = crashed / "checkpoints" / "step000000004" / checkpoint.MARKER
-    marker = json.loads(marker_path.read_text())
-    marker["files"][states.name] = states.stat().st_size
-    marker_path.write_text(json.dumps(marker))
-    _run(_common(tiny_dataset, tiny_generator, crashed, "train.steps=8",
-                 "checkpoint.save_every=4", f"ds_config={cfg}"))
-    got = _losses(crashed)
-    assert got[5] != ref[5]
 
 
 def _in_process(tmp_path, dataset, generator, name, *extra):

@@ -9,10 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -140,36 +137,6 @@ def test_resume_auto_continues_bit_for_bit(tmp_path, tiny_dataset, tiny_generato
     got = [r["loss"] for r in _records(part)]
     assert [r["step"] for r in _records(part)] == [5, 6, 7, 8]
     assert got == want  # bit-identical: data order, masks, sampling noise, dropout, optimizer
-
-
-def test_deepspeed_launcher_zero2_on_two_ranks_matches_one_rank(tmp_path, tiny_dataset,
-                                                               tiny_generator):
-    """Same global batch (16) as 1 rank x 2 micro-batches of 8 and 2 ranks x 8 under ZeRO-2:
-    data, masks, sampling noise and the calibrated T0 are keyed by global sample id or read the
-    same way on every rank, so only float summation order differs. (Each micro-batch's loss is
-    its own token mean, as in DeepSpeed and HF, so 1 x 16 is a different estimator when the
-    micro-batches' token counts differ: the same micro-batches on both sides.)"""
-    common = [f"data.paths={tiny_dataset}", f"generator.path={tiny_generator}", "device=cpu",
-              "train.steps=6", "eval.every=0", "logging.log_every=1",
-              "train.global_batch_size=16", "model.hidden_dropout=0",
-              "model.attention_dropout=0", "ds_config=ds_configs/cpu_zero2_fp32.json",
-              "checkpoint.save_every=0"]
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO)}
-    bin_dir = Path(sys.executable).parent
-    two = subprocess.run(
-        [str(bin_dir / "deepspeed"), "--num_gpus", "2", "--master_port", "29561", "--module",
-         "fast_electra_ds", "pretrain", "--config", "tiny", f"run_dir={tmp_path / 'two'}",
-         "train.micro_batch_size=8", *common],
-        env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
-    assert "ranks=2" in two.stdout
-    loop.pretrain(load_config("tiny", [f"run_dir={tmp_path / 'one'}",
-                                        "train.micro_batch_size=8", *common]))
-    one_loss = [r["loss"] for r in _records(tmp_path / "one")]
-    two_loss = [r["loss"] for r in _records(tmp_path / "two")]
-    assert len(one_loss) == len(two_loss) == 6
-    # fp32; after 6 AdamW steps the trajectories agree to ~1e-6 (tolerance 1e-4 relative)
-    assert two_loss == pytest.approx(one_loss, rel=1e-4)
 
 
 @pytest.mark.parametrize("overrides, needle", [

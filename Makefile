@@ -33,8 +33,12 @@ $(STAMP): pyproject.toml constraints.txt
 demo: setup
 	bash launch_scripts/demo.sh
 
+# Two workers on two cores: much of the suite waits on launches, rendezvous and the ranks of
+# 2-rank runs, which leaves a core idle. Each test file stays on one worker (--dist loadfile),
+# so a file's module fixtures are built once; conftest gives each worker one thread.
+TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # The peer, electra-pytorch, is installed here and without its dependencies: its metadata pins
 # transformers==3.0.2 and the retired `sklearn` package, which no resolver can satisfy beside our

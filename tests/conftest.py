@@ -8,6 +8,7 @@ modifies a dataset copies it first (`copy_dataset`).
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -19,6 +20,18 @@ TINY_CORPUS_LINES = 3000
 TINY_VOCAB_SIZE = 2000
 TINY_SEQ_LEN = 64
 TINY_VALID_FRACTION = 0.05
+
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (`make test` runs 2 workers on 2 cores): one thread per worker and per
+    process it starts. Two workers of 2 OpenMP threads each on 2 cores spin against each other
+    and slow 3-10x. Bit-for-bit tests set their own thread count (test_golden)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
 
 
 def text_documents(path: Path) -> list[list[str]]:

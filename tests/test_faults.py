@@ -47,12 +47,12 @@ import torch
 from fast_electra_ds.cli import main
 from fast_electra_ds.config import load_config
 from fast_electra_ds.training import checkpoint, loop, resume
+from helpers.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 HELPER = REPO / "tests" / "helpers" / "fault_run.py"
 MANY_RUNS = REPO / "tests" / "helpers" / "many_runs.py"
-_port = iter(range(29600, 29700))
 
 
 def _common(dataset, generator, run_dir, *extra):
@@ -65,7 +65,7 @@ def _torchrun(args: list[str], script: Path = HELPER, **popen) -> subprocess.Pop
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO),
            "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port",
-                             str(next(_port)), str(script), *args], env=env, cwd=REPO,
+                             free_port(), str(script), *args], env=env, cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True, **popen)
 
@@ -301,7 +301,7 @@ def test_sigterm_saves_and_exits(tmp_path, tiny_dataset, tiny_generator):
     run = tmp_path / "term"
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
-        [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(next(_port)),
+        [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", free_port(),
          str(HELPER), "--slow-after-step", "2",
          *_common(tiny_dataset, tiny_generator, run, "train.steps=1000")],
         env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

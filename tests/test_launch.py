@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ import yaml
 from fast_electra_ds.cli import main
 from fast_electra_ds.errors import UserError
 from fast_electra_ds.training import launch
+from helpers.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = REPO / "launch_scripts"
@@ -100,12 +100,6 @@ def test_bash_form_reports_a_bad_variable_without_starting_anything(tmp_path):
 # Real runs: 2 CPU ranks over gloo
 
 
-def _free_port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
-
-
 def _run(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHON": sys.executable,
                 "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **env}
@@ -124,7 +118,7 @@ NO_DROPOUT = ["model.hidden_dropout=0", "model.attention_dropout=0"]
 def deepspeed_zero2_run(tmp_path_factory, tiny_dataset, tiny_generator):
     """`deepspeed --num_gpus 2 launch_scripts/pretrain_tiny.sh`, fast-electra, ZeRO-2."""
     run_dir = tmp_path_factory.mktemp("launch") / "zero2"
-    result = _run([str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", _free_port(),
+    result = _run([str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", free_port(),
                    "launch_scripts/pretrain_tiny.sh", *STEPS, *NO_DROPOUT],
                   {"DATA": str(tiny_dataset), "GENERATOR": str(tiny_generator),
                    "RUN_DIR": str(run_dir), "DS_CONFIG": "ds_configs/cpu_zero2_fp32.json"})
@@ -142,7 +136,7 @@ def bash_zero3_electra_run(tmp_path_factory, tiny_dataset):
     result = _run(["bash", "launch_scripts/pretrain_tiny.sh", "mode=electra", *STEPS],
                   {"DATA": str(tiny_dataset), "RUN_DIR": str(run_dir),
                    "DS_CONFIG": "ds_configs/cpu_zero3_fp32.json", "HOSTFILE": str(hostfile),
-                   "NODE_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": _free_port()})
+                   "NODE_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": free_port()})
     return run_dir, result.stdout + result.stderr
 
 

@@ -282,7 +282,7 @@ def test_nan_on_one_rank_every_rank_skips_together(tmp_path, tiny_dataset, tiny_
     for r in results:
         assert r["finite"] and r["step"] == 6
         assert r["updates_applied"] == 4  # 6 steps, 2 skipped, on both ranks
-    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    records = _records(run)
     assert [r["step"] for r in records] == [1, 2, 5, 6]  # skipped steps are not averaged in
     assert records[-1]["skipped_steps"] == 2
     assert all(r["loss"] == r["loss"] for r in records)  # no NaN reached the logs

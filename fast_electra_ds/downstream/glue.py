@@ -6,16 +6,16 @@ tab-separated, one example per line, with the columns below (read by name from t
 CoLA has no header, so its columns are positional). Labels are read as the strings GLUE uses and
 mapped to ids in the order listed; STS-B's score is a float (regression).
 
-| task | folder | dev file        | text columns         | label column            | metrics           |
-|------|--------|-----------------|----------------------|-------------------------|-------------------|
-| cola | CoLA   | dev.tsv         | 4th (sentence)       | 2nd: 0/1                | matthews_corr     |
-| sst2 | SST-2  | dev.tsv         | sentence             | label: 0/1              | accuracy          |
-| mrpc | MRPC   | dev.tsv         | #1 String, #2 String | Quality: 0/1            | accuracy, f1      |
-| stsb | STS-B  | dev.tsv         | sentence1, sentence2 | score: 0-5              | spearman, pearson |
-| qqp  | QQP    | dev.tsv         | question1, question2 | is_duplicate: 0/1       | accuracy, f1      |
-| mnli | MNLI   | dev_matched.tsv | sentence1, sentence2 | gold_label: 3 classes   | accuracy          |
-| qnli | QNLI   | dev.tsv         | question, sentence   | label: (not_)entailment | accuracy          |
-| rte  | RTE    | dev.tsv         | sentence1, sentence2 | label: (not_)entailment | accuracy          |
+| task | folder | dev file | text columns | label column | metrics |
+|---|---|---|---|---|---|
+| cola | CoLA | dev.tsv | 4th (sentence) | 2nd: 0/1 | matthews_corr |
+| sst2 | SST-2 | dev.tsv | sentence | label: 0/1 | accuracy |
+| mrpc | MRPC | dev.tsv | #1 String, #2 String | Quality: 0/1 | accuracy, f1 |
+| stsb | STS-B | dev.tsv | sentence1, sentence2 | score: 0-5 | spearman, pearson |
+| qqp | QQP | dev.tsv | question1, question2 | is_duplicate: 0/1 | accuracy, f1 |
+| mnli | MNLI | dev_matched.tsv | sentence1, sentence2 | gold_label: 3 classes | accuracy |
+| qnli | QNLI | dev.tsv | question, sentence | label: (not_)entailment | accuracy |
+| rte | RTE | dev.tsv | sentence1, sentence2 | label: (not_)entailment | accuracy |
 
 Without a TSV folder, a task is read from the hub dataset nyu-mll/glue through `datasets`
 (`read_hub`; config = the task name above, dev = its validation split, MNLI's validation_matched)

@@ -55,8 +55,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.machine import cpu_name  # noqa: E402
-from benchmarks.plateau_map import (RESULTS, SHAPES, WORK, _run, generator_args,  # noqa: E402
-                                    prepare, pretrain_args)
+from benchmarks.plateau_map import (RESULTS, SHAPES, WORK, generator_args,  # noqa: E402
+                                    prepare, pretrain_args, run_cli)
 from benchmarks.pretraining_value import SIZES, finetune_once, task_folders  # noqa: E402
 from fast_electra_ds.config import load_config  # noqa: E402
 from fast_electra_ds.training.plateau import binary_entropy  # noqa: E402
@@ -148,8 +148,8 @@ def frozen_generator(paths: dict[str, Path], corpus: str, depth: int) -> Path:
     base = OUT / f"{corpus}-{VOCAB}" / f"mlm-depth{depth}"
     if not (base / "generator").is_dir():
         shutil.rmtree(base, ignore_errors=True)
-        _run("pretrain", "--config", "demo", f"run_dir={base}",
-             *generator_args(paths["data"]), f"generator.num_layers={depth}")
+        run_cli("pretrain", "--config", "demo", f"run_dir={base}",
+                *generator_args(paths["data"]), f"generator.num_layers={depth}")
     return base / "generator"
 
 
@@ -168,7 +168,7 @@ def execute(run: Run, paths: dict[str, Path], steps: int) -> None:
                           *run.overrides])
     start = time.time()
     log = run.dir.parent / f"{run.dir.name}.log"
-    code = _run(*args, log=log, check=False)
+    code = run_cli(*args, log=log, check=False)
     text = log.read_text()
     stop = GUARD_STOP.search(text)
     if code != 0 and stop is None:
@@ -191,7 +191,7 @@ def downstream(run: Run) -> dict | None:
         return None
     export = run.dir.parent / "export" / run.dir.name
     if not (export / "discriminator").is_dir():
-        _run("export", "--run", str(run.dir), "--output", str(export))
+        run_cli("export", "--run", str(run.dir), "--output", str(export))
     size, epochs = SMALL_TASK
     out = run.dir.parent / "finetune" / f"{run.dir.name}-train{size}"
     return finetune_once(export / "discriminator", task_folders(run.corpus)[size], epochs, out,

@@ -117,7 +117,7 @@ def wait_for_cpu() -> None:
         time.sleep(10)
 
 
-def _run(*args: str, log: Path | None = None, check: bool = True) -> int:
+def run_cli(*args: str, log: Path | None = None, check: bool = True) -> int:
     """`fast-electra ARGS` in a subprocess, after wait_for_cpu; its output goes to `log` if
     given. check: a failure ends the script (else the return code is returned)."""
     wait_for_cpu()
@@ -162,17 +162,17 @@ def prepare(corpus: str, vocab: int, independent_judge: bool = True) -> dict[str
     paths = {"tokenizer": base / "tokenizer", "data": base / "data", "generator":
              base / "mlm" / "generator", "judge": base / "judge" / "generator"}
     if not paths["tokenizer"].is_dir():
-        _run("train-tokenizer", "--input", str(corpus_file(corpus)), "--vocab-size", str(vocab),
-             "--output", str(paths["tokenizer"]))
+        run_cli("train-tokenizer", "--input", str(corpus_file(corpus)), "--vocab-size",
+                str(vocab), "--output", str(paths["tokenizer"]))
     if not paths["data"].is_dir():
-        _run("prepare-data", "--input", str(corpus_file(corpus)), "--tokenizer",
-             str(paths["tokenizer"]), "--seq-len", "64", "--valid-fraction", "0.05", "--config",
-             "demo", "--output", str(paths["data"]))
+        run_cli("prepare-data", "--input", str(corpus_file(corpus)), "--tokenizer",
+                str(paths["tokenizer"]), "--seq-len", "64", "--valid-fraction", "0.05",
+                "--config", "demo", "--output", str(paths["data"]))
     common = generator_args(paths["data"])
     if not paths["generator"].is_dir():
-        _run("pretrain", "--config", "demo", f"run_dir={base / 'mlm'}", *common)
+        run_cli("pretrain", "--config", "demo", f"run_dir={base / 'mlm'}", *common)
     if independent_judge and not paths["judge"].is_dir():
-        _run("pretrain", "--config", "demo", f"run_dir={base / 'judge'}", *common, *JUDGE)
+        run_cli("pretrain", "--config", "demo", f"run_dir={base / 'judge'}", *common, *JUDGE)
     return paths
 
 
@@ -195,9 +195,9 @@ def run_cell(variant: str, overrides: list[str], corpus: str, vocab: int, size: 
     generator = paths["generator"]
     if variant in SHARPEN:
         generator = sharpened(generator, SHARPEN[variant])
-    _run(*pretrain_args(method, run_dir, paths, generator, steps, [*SHAPES[size], *overrides]))
-    _run("evaluate", str(run_dir), "--judge", str(paths["judge"]), "--data", str(paths["data"]),
-         "--output", str(run_dir / "independent.json"))
+    run_cli(*pretrain_args(method, run_dir, paths, generator, steps, [*SHAPES[size], *overrides]))
+    run_cli("evaluate", str(run_dir), "--judge", str(paths["judge"]), "--data",
+            str(paths["data"]), "--output", str(run_dir / "independent.json"))
     print(f"{variant} {corpus}-{vocab} 2x{size} {method}: {time.time() - start:.0f} s",
           flush=True)
     return run_dir

@@ -347,6 +347,8 @@ def report(steps: int) -> None:
         writer.writeheader()
         writer.writerows({k: r[k] for k in fields} for r in all_rows)
     compute = sum(r["seconds"] for r in all_rows)
+    finetune_seconds = sum(v["train_time_s"] for res in scores.values() if res
+                           for v in res["per_seed"].values())
     lines = [
         "# The paper's Figures 2 and 3 at CPU scale: sensitivity and stability",
         "",
@@ -363,8 +365,9 @@ def report(steps: int) -> None:
         f"held-out AUC over maskable tokens at step {steps:,}, on the common judge (the map's "
         f"2 x 32 masked LM). \"diverged\": a loss not finite, a step skipped or a stop by the "
         f"fault guard, or the RTD loss back above the prior's binary entropy H(replaced share) "
-        f"after having been {LEFT:g} x H under it. Pretraining compute of the runs below: "
-        f"{compute / 60:.0f} min.",
+        f"after having been {LEFT:g} x H under it. Compute: the pretraining runs below "
+        f"{compute / 60:.0f} min (wall, each run start to end), the fine-tuning "
+        f"{finetune_seconds / 60:.0f} min.",
         "",
         "## Seed-to-seed spread (the recipe cell, shared by every figure)",
         "",
@@ -461,7 +464,8 @@ def _plot(rows: dict, scores: dict) -> None:
     axes[2].set_xticks(range(4))
     for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # a panel with no finished run yet has none
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(RESULTS / "paper_figure2.png", dpi=110)
     plt.close(fig)

@@ -93,7 +93,8 @@ def test_figure3_table_from_runs(tmp_path, monkeypatch):
     lines = pf.figure3(rows)
     assert len(lines) == 2 + 2 * len(pf.LR_FACTORS)
     electra = [line for line in lines if line.startswith("| electra |")]
-    assert "| no | 0.600 |" in electra[0]
+    assert electra[0].startswith(
+        f"| electra | x1 ({pf.recipe()[0]:g}) | 0.990 | 0.990 | 0 | no | 0.600 |")
     assert "at step 100: RTD loss back above the prior's" in electra[-1]
     assert electra[-1].endswith("| - (diverged at 100) |")
     assert all("not run" in line for line in electra[1:-1])

@@ -483,18 +483,19 @@ def _plot(rows: dict, scores: dict) -> None:
             r = rows.get((m, "recipe" if k == 1 else f"lr-x{k}"))
             if r is None or not r["curve"]:
                 continue
-            steps, losses = zip(*r["curve"])
-            ax.plot(steps, losses, color=f"C{j}", label=f"lr x{k} ({lr * k:g})")
+            # over the prior's entropy, not raw: electra's replaced share (so its base-rate
+            # loss) falls as its generator learns, and a raw curve falling with it looks like
+            # learning when it is the base rate
+            steps = [step for step, _ in r["curve"]]
+            ax.plot(steps, r["over_prior"], color=f"C{j}", label=f"lr x{k} ({lr * k:g})")
             if r["diverged"]:
-                step = r["diverged"][0]
-                y = min(r["curve"], key=lambda p: abs(p[0] - step))[1]
-                ax.plot([step], [y if math.isfinite(y) else max(losses)], "x", color=f"C{j}",
-                        ms=12, mew=3)
-            ax.axhline(r["prior"], color=f"C{j}", lw=0.6, ls=":")
-        ax.set(title=f"{m} (x: diverged; dotted: the prior's entropy)", xlabel="step")
+                at = min(range(len(steps)), key=lambda i: abs(steps[i] - r["diverged"][0]))
+                ax.plot([steps[at]], [r["over_prior"][at]], "x", color=f"C{j}", ms=12, mew=3)
+        ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+        ax.set(title=f"{m} (x: diverged; dotted: the base rate)", xlabel="step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    axes[0].set_ylabel("training RTD loss (nats, windows of 50 steps)")
+    axes[0].set_ylabel("training RTD loss / H(replaced share)")
     fig.tight_layout()
     fig.savefig(RESULTS / "paper_figure3.png", dpi=110)
     plt.close(fig)

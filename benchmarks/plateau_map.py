@@ -100,16 +100,37 @@ def sharpened(generator: Path, factor: float) -> Path:
     model.save_pretrained(tmp)
     tmp.rename(out)
     return out
+
+
 FE = [sys.executable, "-m", "fast_electra_ds"]
 
 
-def _run(*args: str) -> None:
+def wait_for_cpu() -> None:
+    """Wait while the file named by $FE_CPU_HOLD exists: on a shared machine someone else is
+    timing something, and a training run beside it would spoil both timings."""
+    hold = os.environ.get("FE_CPU_HOLD")
+    announced = False
+    while hold and Path(hold).exists():
+        if not announced:
+            print(f"waiting: {hold} exists", flush=True)
+            announced = True
+        time.sleep(10)
+
+
+def run_cli(*args: str, log: Path | None = None, check: bool = True) -> int:
+    """`fast-electra ARGS` in a subprocess, after wait_for_cpu; its output goes to `log` if
+    given. check: a failure ends the script (else the return code is returned)."""
+    wait_for_cpu()
     env = {**os.environ, "DS_ACCELERATOR": "cpu"}
     done = subprocess.run([*FE, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True)
-    if done.returncode != 0:
+    if log is not None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(done.stdout)
+    if done.returncode != 0 and check:
         print(done.stdout[-4000:], file=sys.stderr)
         raise SystemExit(f"failed: fast-electra {' '.join(args)}")
+    return done.returncode
 
 
 def _finished(run_dir: Path, steps: int) -> bool:
@@ -127,25 +148,42 @@ def corpus_file(name: str) -> Path:
     return build_techdocs.ensure()
 
 
-def prepare(corpus: str, vocab: int) -> dict[str, Path]:
-    """Tokenizer, data, generator and independent judge of one corpus and vocabulary."""
+def generator_args(data: Path) -> list[str]:
+    """The overrides (of the demo recipe) that train a corpus's generator: mode=mlm, 1,000
+    steps."""
+    return [f"data.paths={data}", "device=cpu", "checkpoint.resume=none", "mode=mlm",
+            "train.steps=1000", "eval.every=1000", "logging.progress_bar=false"]
+
+
+def prepare(corpus: str, vocab: int, independent_judge: bool = True) -> dict[str, Path]:
+    """Tokenizer, data, generator and (if asked) independent judge of one corpus and
+    vocabulary."""
     base = WORK / f"{corpus}-{vocab}"
     paths = {"tokenizer": base / "tokenizer", "data": base / "data", "generator":
              base / "mlm" / "generator", "judge": base / "judge" / "generator"}
     if not paths["tokenizer"].is_dir():
-        _run("train-tokenizer", "--input", str(corpus_file(corpus)), "--vocab-size", str(vocab),
-             "--output", str(paths["tokenizer"]))
+        run_cli("train-tokenizer", "--input", str(corpus_file(corpus)), "--vocab-size",
+                str(vocab), "--output", str(paths["tokenizer"]))
     if not paths["data"].is_dir():
-        _run("prepare-data", "--input", str(corpus_file(corpus)), "--tokenizer",
-             str(paths["tokenizer"]), "--seq-len", "64", "--valid-fraction", "0.05", "--config",
-             "demo", "--output", str(paths["data"]))
-    common = [f"data.paths={paths['data']}", "device=cpu", "checkpoint.resume=none",
-              "mode=mlm", "train.steps=1000", "eval.every=1000", "logging.progress_bar=false"]
+        run_cli("prepare-data", "--input", str(corpus_file(corpus)), "--tokenizer",
+                str(paths["tokenizer"]), "--seq-len", "64", "--valid-fraction", "0.05",
+                "--config", "demo", "--output", str(paths["data"]))
+    common = generator_args(paths["data"])
     if not paths["generator"].is_dir():
-        _run("pretrain", "--config", "demo", f"run_dir={base / 'mlm'}", *common)
-    if not paths["judge"].is_dir():
-        _run("pretrain", "--config", "demo", f"run_dir={base / 'judge'}", *common, *JUDGE)
+        run_cli("pretrain", "--config", "demo", f"run_dir={base / 'mlm'}", *common)
+    if independent_judge and not paths["judge"].is_dir():
+        run_cli("pretrain", "--config", "demo", f"run_dir={base / 'judge'}", *common, *JUDGE)
     return paths
+
+
+def pretrain_args(method: str, run_dir: Path, paths: dict[str, Path], generator: Path,
+                  steps: int, overrides: list[str]) -> list[str]:
+    """The `fast-electra` arguments of one run of the map: the demo recipe, `generator` as the
+    frozen generator, scored every 250 steps on the corpus's common judge, then `overrides`."""
+    return ["pretrain", "--config", "demo", f"mode={method}", f"run_dir={run_dir}",
+            f"data.paths={paths['data']}", f"generator.path={generator}",
+            f"eval.judge={paths['generator']}", f"train.steps={steps}", "eval.every=250",
+            "device=cpu", "checkpoint.resume=none", "logging.progress_bar=false", *overrides]
 
 
 def run_cell(variant: str, overrides: list[str], corpus: str, vocab: int, size: int,
@@ -157,13 +195,9 @@ def run_cell(variant: str, overrides: list[str], corpus: str, vocab: int, size: 
     generator = paths["generator"]
     if variant in SHARPEN:
         generator = sharpened(generator, SHARPEN[variant])
-    _run("pretrain", "--config", "demo", f"mode={method}", f"run_dir={run_dir}",
-         f"data.paths={paths['data']}", f"generator.path={generator}",
-         f"eval.judge={paths['generator']}", f"train.steps={steps}", "eval.every=250",
-         "device=cpu", "checkpoint.resume=none", "logging.progress_bar=false",
-         *SHAPES[size], *overrides)
-    _run("evaluate", str(run_dir), "--judge", str(paths["judge"]), "--data", str(paths["data"]),
-         "--output", str(run_dir / "independent.json"))
+    run_cli(*pretrain_args(method, run_dir, paths, generator, steps, [*SHAPES[size], *overrides]))
+    run_cli("evaluate", str(run_dir), "--judge", str(paths["judge"]), "--data",
+            str(paths["data"]), "--output", str(run_dir / "independent.json"))
     print(f"{variant} {corpus}-{vocab} 2x{size} {method}: {time.time() - start:.0f} s",
           flush=True)
     return run_dir

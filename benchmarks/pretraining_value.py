@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks import downstream_task  # noqa: E402
 from benchmarks.machine import cpu_name  # noqa: E402
-from benchmarks.plateau_map import RESULTS, WORK, corpus_file  # noqa: E402
+from benchmarks.plateau_map import RESULTS, WORK, corpus_file, wait_for_cpu  # noqa: E402
 
 SIZES = ((4000, 3), (500, 10))  # (train examples, epochs)
 SEEDS = (1, 2, 3)
@@ -121,21 +121,29 @@ def task_folders(corpus: str) -> dict[int, Path]:
     return folders
 
 
-def finetune_all(corpus: str, vocab: int, models: dict[str, Path]) -> list[dict]:
+def finetune_once(model: Path, folder: Path, epochs: int, out: Path,
+                  seeds: tuple[int, ...] = SEEDS) -> dict:
+    """The results of fine-tuning `model` on the task in `folder` with the yardstick's settings
+    (out/results.json, reused when it is there)."""
     from fast_electra_ds.downstream.finetune import FinetuneConfig, finetune
 
+    results_file = out / "results.json"
+    if not results_file.is_file():
+        wait_for_cpu()
+        finetune(FinetuneConfig(model=str(model), task="mrpc", data_dir=str(folder),
+                                seeds=seeds, epochs=epochs, lr=LR, output=str(out),
+                                device="cpu"), log=lambda m: None)
+    return json.loads(results_file.read_text())
+
+
+def finetune_all(corpus: str, vocab: int, models: dict[str, Path]) -> list[dict]:
     rows = []
     for size, epochs in SIZES:
         folder = task_folders(corpus)[size]
         for name, model in models.items():
             out = WORK / "value" / "finetune" / f"{corpus}-{vocab}" / str(size) / \
                 name.replace(", ", "-").replace(" ", "-")
-            results_file = out / "results.json"
-            if not results_file.is_file():
-                finetune(FinetuneConfig(model=str(model), task="mrpc", data_dir=str(folder),
-                                        seeds=SEEDS, epochs=epochs, lr=LR, output=str(out),
-                                        device="cpu"), log=lambda m: None)
-            results = json.loads(results_file.read_text())
+            results = finetune_once(model, folder, epochs, out)
             rows.append({"corpus": corpus, "vocab": vocab, "train": size, "encoder": name,
                          "median": results["median"]["accuracy"],
                          "seeds": [results["per_seed"][str(s)]["accuracy"] for s in SEEDS]})

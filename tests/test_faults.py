@@ -70,8 +70,8 @@ def _torchrun(args: list[str], script: Path = HELPER, **popen) -> subprocess.Pop
                             start_new_session=True, **popen)
 
 
-def _run(args: list[str]) -> str:
-    proc = _torchrun(args)
+def _run(args: list[str], script: Path = HELPER) -> str:
+    proc = _torchrun(args, script=script)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-4000:]
     return out
@@ -105,10 +105,7 @@ def _run_many(tmp_path: Path, name: str, runs: list[list[str]]) -> str:
     """Several runs one after another in one fresh 2-rank launch (helpers/many_runs.py)."""
     spec = tmp_path / f"{name}.json"
     spec.write_text(json.dumps(runs))
-    proc = _torchrun([str(spec)], script=MANY_RUNS)
-    out, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, out[-4000:]
-    return out
+    return _run([str(spec)], script=MANY_RUNS)
 
 
 @pytest.fixture(scope="module")

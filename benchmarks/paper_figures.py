@@ -46,7 +46,7 @@ import shutil
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -55,7 +55,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.machine import cpu_name  # noqa: E402
-from benchmarks.plateau_map import (RESULTS, SHAPES, WORK, generator_args,  # noqa: E402
+from benchmarks.plateau_map import (CORPORA, RESULTS, SHAPES, WORK, generator_args,  # noqa: E402
                                     prepare, pretrain_args, run_cli)
 from benchmarks.pretraining_value import SIZES, finetune_once, task_folders  # noqa: E402
 from fast_electra_ds.config import load_config  # noqa: E402
@@ -74,7 +74,7 @@ RECIPE_SEED = 1234
 SPREAD_SEED = 1
 FINETUNE_SEEDS = (1, 2)
 SMALL_TASK = SIZES[-1]  # (500 examples, 10 epochs): the yardstick's cheaper size
-PARTS = ("lr", "seeds", "curriculum", "depth", "downstream", "kjv")
+PARTS = ("lr", "seeds", "curriculum", "depth", "downstream")
 # "Left the prior" needs the RTD loss 10% under H(share), not the plateau watch's 2%: electra's
 # discriminator at this scale sits at ~0.99 H for thousands of steps, and a window's noise
 # across H there is no divergence.
@@ -108,8 +108,9 @@ class Run:
         return OUT / f"{self.corpus}-{VOCAB}" / f"{self.method}-{self.key}-seed{self.seed}"
 
 
-def plan(parts: tuple[str, ...]) -> list[Run]:
-    """The runs of `parts`, the recipe cell first, without repeats, cheapest evidence first."""
+def plan(parts: tuple[str, ...], corpus: str = "techdocs") -> list[Run]:
+    """The runs of `parts` on `corpus`, the recipe cell first, without repeats, cheapest
+    evidence first."""
     lr, rtd_weight = recipe()
     runs = [Run("fast-electra"), Run("electra")]
     for part in parts:
@@ -132,12 +133,7 @@ def plan(parts: tuple[str, ...]) -> list[Run]:
             for d in (1, 4, 3):
                 runs += [Run("fast-electra", f"depth{d}", depth=d),
                          Run("electra", f"depth{d}", (f"generator.num_layers={d}",), depth=d)]
-        elif part == "kjv":
-            # Figure 3's point where the methods parted on techdocs (lr x2), with its x1
-            runs += [Run(m, key, o, corpus="kjv")
-                     for key, o in (("recipe", ()), ("lr-x2", (f"optim.lr={lr * 2:g}",)))
-                     for m in ("fast-electra", "electra")]
-    return list(dict.fromkeys(runs))
+    return list(dict.fromkeys(replace(run, corpus=corpus) for run in runs))
 
 
 # ---- running ------------------------------------------------------------------------------------
@@ -505,6 +501,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--parts", default=",".join(PARTS),
                         help=f"which of {', '.join(PARTS)} to run (the recipe cell always)")
+    parser.add_argument("--corpus", choices=CORPORA, default="techdocs",
+                        help="the development corpus to run the parts on")
     parser.add_argument("--steps", type=int, default=STEPS)
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
@@ -514,13 +512,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         prepared: dict[str, dict[str, Path]] = {}
         for part in parts:  # in the order given: each part's evidence complete before the next
-            for run in plan((part,)):
+            for run in plan((part,), args.corpus):
                 if run.corpus not in prepared:
                     # the map's independent judge is not used here: skip its cost
                     prepared[run.corpus] = prepare(run.corpus, VOCAB, independent_judge=False)
                 execute(run, prepared[run.corpus], args.steps)
             if part == "downstream":
-                for run in plan(("depth",)):
+                for run in plan(("depth",), args.corpus):
                     downstream(run)
     report(args.steps)
     return 0

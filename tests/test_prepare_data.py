@@ -339,6 +339,26 @@ def test_sigint_during_parallel_prepare_leaves_nothing(tmp_path, tiny_tokenizer)
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_ctrl_c_that_python_swallowed_still_cancels_the_output(tmp_path):
+    """Python drops a KeyboardInterrupt raised where it cannot propagate: a SIGINT landing in
+    logging's at-fork handler as the tokenizer pool forks made prepare-data finish and exit 0
+    (seen in test_sigint_during_parallel_prepare_leaves_nothing under load). Here the swallowing
+    is done on purpose; the staged output must still not be committed."""
+    from fast_electra_ds.data.corpus import staged_output_dir
+
+    out = tmp_path / "ds"
+    with pytest.raises(KeyboardInterrupt):
+        with staged_output_dir(out) as tmp:
+            (tmp / "train.bin").write_bytes(b"partial")
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(1)  # the handler runs here at the latest
+            except KeyboardInterrupt:
+                pass  # swallowed, as in an at-fork handler
+    assert list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 # --------------------------------------------------------------------------------------------
 # Bad inputs through the CLI: exit 2, a message saying the fix, nothing created
 

@@ -30,9 +30,11 @@ import contextlib
 import glob
 import os
 import shutil
+import signal
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -385,6 +387,31 @@ def check_output_dir(output: Path, *, overwrite: bool, marker: str, inputs: Sequ
 
 
 @contextlib.contextmanager
+def _interrupts_latched() -> Iterator[Callable[[], bool]]:
+    """Yield `interrupted()`: whether SIGINT arrived inside the block. The signal still raises
+    KeyboardInterrupt as usual, but Python drops an exception raised where it cannot propagate
+    (measured: a Ctrl-C landing in logging's at-fork handler as the tokenizer pool forks is
+    printed as "Exception ignored" and the command finished and exited 0), so the block's owner
+    checks the latch before committing. Outside the main thread, or where SIGINT is not Python's
+    default (ignored in a background job, or someone else's handler), the block runs unlatched."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield lambda: False
+        return
+    seen = []
+
+    def latch(signum, frame):
+        seen.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, latch)
+    try:
+        yield lambda: bool(seen)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
 def staged_output_dir(output: Path) -> Iterator[Path]:
     """Yield an empty sibling folder `OUTPUT.tmp-<pid>`; on success it replaces `output`.
 
@@ -400,7 +427,10 @@ def staged_output_dir(output: Path) -> Iterator[Path]:
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        yield tmp
+        with _interrupts_latched() as interrupted:
+            yield tmp
+            if interrupted():  # a Ctrl-C that Python swallowed still cancels the output
+                raise KeyboardInterrupt
         if output.exists():
             old = output.with_name(f"{output.name}.old-{os.getpid()}")
             os.rename(output, old)

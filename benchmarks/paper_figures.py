@@ -36,6 +36,7 @@ benchmarks/results/paper_figures.{md,csv} and paper_figure2.png, paper_figure3.p
 from __future__ import annotations
 
 import argparse
+import ast
 import csv
 import json
 import math
@@ -63,6 +64,7 @@ from fast_electra_ds.training.plateau import binary_entropy  # noqa: E402
 
 OUT = WORK / "figures"
 VOCAB = 8000
+LOG_EVERY = 50  # a train record every 50 steps: Figure 3's curves
 STEPS = 800  # the map runs 3,000: cut so that the study fits 60 minutes of 2 CPU cores
 SIZE = 128  # the discriminator's width (2 layers)
 DEPTHS = (1, 2, 3, 4)
@@ -163,7 +165,7 @@ def execute(run: Run, paths: dict[str, Path], steps: int) -> None:
         generator = frozen_generator(paths, run.corpus, run.depth)
     shutil.rmtree(run.dir, ignore_errors=True)  # a half-finished attempt starts over
     args = pretrain_args(run.method, run.dir, paths, generator, steps,
-                         [*SHAPES[SIZE], "logging.log_every=50", f"seed={run.seed}",
+                         [*SHAPES[SIZE], f"logging.log_every={LOG_EVERY}", f"seed={run.seed}",
                           *run.overrides])
     start = time.time()
     log = run.dir.parent / f"{run.dir.name}.log"
@@ -235,6 +237,7 @@ def read(run: Run) -> dict | None:
     train = [r for r in records if r["split"] == "train"]
     evals = [r for r in records if r["split"] == "eval" and "auc_maskable" in r]
     finished = outcome["returncode"] == 0 and bool(evals) and evals[-1]["step"] == outcome["steps"]
+    scores = downstream_results(run)
     return {
         "corpus": run.corpus, "method": run.method, "key": run.key, "seed": run.seed,
         "depth": run.depth, "finished": finished,
@@ -245,10 +248,61 @@ def read(run: Run) -> dict | None:
         "calibrated_t0": outcome["calibrated_t0"], "seconds": outcome["seconds"],
         # the loss over the prior's: 1 is the base rate everywhere (the plateau)
         "over_prior": [r["rtd_loss"] / binary_entropy(r["rtd_replaced_share"]) for r in train],
-        "curve": [(r["step"], r["rtd_loss"]) for r in train],
+        "steps": [r["step"] for r in train],
         "prior": statistics.fmean(binary_entropy(r["rtd_replaced_share"]) for r in train)
         if train else None,
+        **{f"downstream_seed{s}": scores["per_seed"][str(s)]["accuracy"] if scores else None
+           for s in FINETUNE_SEEDS},
+        "finetune_seconds": sum(v["train_time_s"] for v in scores["per_seed"].values())
+        if scores else None,
     }
+
+
+def recorded(record: Path) -> dict[tuple, dict]:
+    """The rows of an earlier report's CSV, as read() returns them, by (corpus, method, key,
+    seed): the runs themselves live in the working folder and may be gone (a fresh clone), their
+    results stay in benchmarks/results."""
+    if not record.is_file():
+        return {}
+
+    def number(text: str, kind=float):
+        return kind(text) if text not in ("", "None") else None
+
+    rows = {}
+    for rec in csv.DictReader(open(record)):
+        over_prior = ast.literal_eval(rec["over_prior"]) if rec["over_prior"] else []
+        row = {
+            "corpus": rec["corpus"], "method": rec["method"], "key": rec["key"],
+            "seed": int(rec["seed"]), "depth": int(rec["depth"]),
+            "finished": rec["finished"] == "True", "auc_maskable": number(rec["auc_maskable"]),
+            "rtd_loss": number(rec["rtd_loss"]),
+            "diverged": ast.literal_eval(rec["diverged"]) if rec["diverged"] else None,
+            "skipped_steps": int(rec["skipped_steps"]),
+            "calibrated_t0": number(rec["calibrated_t0"]), "seconds": float(rec["seconds"]),
+            "over_prior": over_prior,
+            # every run logs every LOG_EVERY steps (execute())
+            "steps": ast.literal_eval(rec["steps"]) if rec.get("steps")
+            else [LOG_EVERY * (i + 1) for i in range(len(over_prior))],
+            "prior": number(rec["prior"]),
+            **{f"downstream_seed{s}": number(rec.get(f"downstream_seed{s}", ""))
+               for s in FINETUNE_SEEDS},
+            "finetune_seconds": number(rec.get("finetune_seconds", "")),
+        }
+        rows[row["corpus"], row["method"], row["key"], row["seed"]] = row
+    return rows
+
+
+def gather() -> list[dict]:
+    """Every planned run's row on both corpora: read from its run folder, else as recorded in
+    paper_figures.csv."""
+    earlier = recorded(RESULTS / "paper_figures.csv")
+    rows = []
+    for corpus in CORPORA:
+        for run in plan(PARTS, corpus):
+            row = read(run) or earlier.get((run.corpus, run.method, run.key, run.seed))
+            if row is not None:
+                rows.append(row)
+    return rows
 
 
 # ---- the report ---------------------------------------------------------------------------------
@@ -263,94 +317,107 @@ def _auc(row: dict | None) -> str:
     return text
 
 
-def _score(results: dict | None) -> str:
-    if results is None:
+def _downstream(row: dict | None) -> float | None:
+    seeds = [row.get(f"downstream_seed{s}") for s in FINETUNE_SEEDS] if row else [None]
+    return None if None in seeds else statistics.fmean(seeds)
+
+
+def _score(row: dict | None) -> str:
+    mean = _downstream(row)
+    if mean is None:
         return "not run"
-    per_seed = [results["per_seed"][str(s)]["accuracy"] for s in FINETUNE_SEEDS]
-    return f"{statistics.fmean(per_seed):.3f} ({' / '.join(f'{a:.3f}' for a in per_seed)})"
+    per_seed = " / ".join(f"{row[f'downstream_seed{s}']:.3f}" for s in FINETUNE_SEEDS)
+    return f"{mean:.3f} ({per_seed})"
 
 
-def figure2_left(rows: dict, scores: dict) -> list[str]:
-    lines = ["| auxiliary depth | electra AUC | electra downstream | fast-electra AUC | "
-             "fast-electra downstream |", "|---|---|---|---|---|"]
-    for d in DEPTHS:
-        key = "recipe" if d == 2 else f"depth{d}"
-        cells = []
-        for m in ("electra", "fast-electra"):
-            cells += [_auc(rows.get((m, key))), _score(scores.get((m, key)))]
-        lines.append(f"| {d} | " + " | ".join(cells) + " |")
+def figure2_left(by_corpus: dict) -> list[str]:
+    lines = ["| corpus | auxiliary depth | electra AUC | electra downstream | fast-electra AUC | "
+             "fast-electra downstream |", "|---|---|---|---|---|---|"]
+    for corpus, rows in by_corpus.items():
+        for d in DEPTHS:
+            key = "recipe" if d == 2 else f"depth{d}"
+            cells = []
+            for m in ("electra", "fast-electra"):
+                cells += [_auc(rows.get((m, key))), _score(rows.get((m, key)))]
+            lines.append(f"| {corpus} | {d} | " + " | ".join(cells) + " |")
     return lines
 
 
-def figure2_right(rows: dict) -> list[str]:
+def figure2_right(by_corpus: dict) -> list[str]:
     fe, el = "fast-electra", "electra"
-    t0 = (rows.get((fe, "recipe")) or {}).get("calibrated_t0")
-    calibrated = f"calibrated ({t0:.2f})" if t0 else "calibrated"
-    return [
-        "| fast-electra T0 (tau 0.1) | " + " | ".join(f"{t:g}" for t in T0S)
-        + f" | {calibrated} |", "|---|---|---|---|---|",
-        "| AUC | " + " | ".join(_auc(rows.get((fe, f"t0-{t:g}"))) for t in T0S)
-        + f" | {_auc(rows.get((fe, 'recipe')))} |",
-        "", "| fast-electra tau (calibrated T0) | " + " | ".join(f"{t:g}" for t in TAUS) + " |",
-        "|---|---|---|---|---|",
-        "| AUC | " + " | ".join(_auc(rows.get((fe, "recipe" if t == 0.1 else f"tau-{t:g}")))
-                             for t in TAUS) + " |",
-        "", "| electra generator weight (discriminator 50) | "
-        + " | ".join(str(g) for g in GEN_WEIGHTS) + " |", "|---|---|---|---|---|",
-        "| AUC | " + " | ".join(_auc(rows.get((el, "recipe" if g == 1 else f"genw-{g}")))
-                             for g in GEN_WEIGHTS) + " |",
-    ]
+
+    def calibrated(rows):
+        t0 = (rows.get((fe, "recipe")) or {}).get("calibrated_t0")
+        return f" (T0 {t0:.2f})" if t0 else ""
+
+    lines = ["| fast-electra T0 (tau 0.1) | " + " | ".join(f"{t:g}" for t in T0S)
+             + " | calibrated |", "|---|---|---|---|---|"]
+    lines += [f"| {corpus} | " + " | ".join(_auc(rows.get((fe, f"t0-{t:g}"))) for t in T0S)
+              + f" | {_auc(rows.get((fe, 'recipe')))}{calibrated(rows)} |"
+              for corpus, rows in by_corpus.items()]
+    lines += ["", "| fast-electra tau (calibrated T0) | " + " | ".join(f"{t:g}" for t in TAUS)
+              + " |", "|---|---|---|---|---|"]
+    lines += [f"| {corpus} | " + " | ".join(
+        _auc(rows.get((fe, "recipe" if t == 0.1 else f"tau-{t:g}"))) for t in TAUS) + " |"
+        for corpus, rows in by_corpus.items()]
+    lines += ["", "| electra generator weight (discriminator 50) | "
+              + " | ".join(str(g) for g in GEN_WEIGHTS) + " |", "|---|---|---|---|---|"]
+    lines += [f"| {corpus} | " + " | ".join(
+        _auc(rows.get((el, "recipe" if g == 1 else f"genw-{g}"))) for g in GEN_WEIGHTS) + " |"
+        for corpus, rows in by_corpus.items()]
+    return lines
 
 
-def figure3(rows: dict) -> list[str]:
+def figure3(by_corpus: dict) -> list[str]:
     lr, _ = recipe()
-    lines = ["| method | lr | RTD loss / H(share), lowest window | ... last window | "
-             "skipped steps | diverged | AUC |", "|---|---|---|---|---|---|---|"]
-    for m in ("electra", "fast-electra"):
-        for k in LR_FACTORS:
-            r = rows.get((m, "recipe" if k == 1 else f"lr-x{k}"))
-            if r is None:
-                lines.append(f"| {m} | x{k} ({lr * k:g}) | not run | | | | |")
-                continue
-            why = f"at step {r['diverged'][0]:,}: {r['diverged'][1]}" if r["diverged"] else "no"
-            lines.append(f"| {m} | x{k} ({lr * k:g}) | {min(r['over_prior']):.3f} | "
-                         f"{r['over_prior'][-1]:.3f} | {r['skipped_steps']} | {why} | "
-                         f"{_auc(r)} |")
+    lines = ["| corpus | method | lr | RTD loss / H(share), lowest window | ... last window | "
+             "skipped steps | diverged | AUC |", "|---|---|---|---|---|---|---|---|"]
+    for corpus, rows in by_corpus.items():
+        for m in ("electra", "fast-electra"):
+            for k in LR_FACTORS:
+                r = rows.get((m, "recipe" if k == 1 else f"lr-x{k}"))
+                head = f"| {corpus} | {m} | x{k} ({lr * k:g}) |"
+                if r is None:
+                    lines.append(f"{head} not run | | | | |")
+                    continue
+                why = (f"at step {r['diverged'][0]:,}: {r['diverged'][1]}" if r["diverged"]
+                       else "no")
+                lines.append(f"{head} {min(r['over_prior']):.3f} | {r['over_prior'][-1]:.3f} | "
+                             f"{r['skipped_steps']} | {why} | {_auc(r)} |")
     return lines
 
 
 def spread_lines(all_rows: list[dict]) -> list[str]:
-    lines = ["| method | AUC, seed 1234 | AUC, seed 1 | spread |", "|---|---|---|---|"]
-    for m in ("electra", "fast-electra"):
-        aucs = [r["auc_maskable"] for s in (RECIPE_SEED, SPREAD_SEED) for r in all_rows
-                if (r["corpus"], r["method"], r["key"], r["seed"]) == ("techdocs", m, "recipe", s)
-                and r["auc_maskable"] is not None]
-        if len(aucs) == 2:
-            lines.append(f"| {m} | {aucs[0]:.3f} | {aucs[1]:.3f} | {abs(aucs[0] - aucs[1]):.3f} |")
+    lines = ["| corpus | method | AUC, seed 1234 | AUC, seed 1 | spread |", "|---|---|---|---|---|"]
+    for corpus in CORPORA:
+        for m in ("electra", "fast-electra"):
+            aucs = [r["auc_maskable"] for s in (RECIPE_SEED, SPREAD_SEED) for r in all_rows
+                    if (r["corpus"], r["method"], r["key"], r["seed"]) == (corpus, m, "recipe", s)
+                    and r["auc_maskable"] is not None]
+            if len(aucs) == 2:
+                lines.append(f"| {corpus} | {m} | {aucs[0]:.3f} | {aucs[1]:.3f} | "
+                             f"{abs(aucs[0] - aucs[1]):.3f} |")
     return lines
 
 
 def report(steps: int) -> None:
-    every = plan(PARTS)
-    all_rows = [r for r in map(read, every) if r is not None]
+    all_rows = gather()
     if not all_rows:
-        raise SystemExit("no finished runs under .plateau/figures: run the study first")
-    main_rows = {(r["method"], r["key"]): r for r in all_rows
-                 if r["corpus"] == "techdocs" and r["seed"] == RECIPE_SEED}
-    scores = {(run.method, run.key): downstream_results(run) for run in every
-              if run.corpus == "techdocs" and run.seed == RECIPE_SEED
-              and (run.key == "recipe" or run.key.startswith("depth"))}
-    kjv = {(r["method"], r["key"]): r for r in all_rows if r["corpus"] == "kjv"}
+        raise SystemExit("no finished runs under .plateau/figures nor in paper_figures.csv: run "
+                         "the study first")
+    by_corpus = {c: {(r["method"], r["key"]): r for r in all_rows
+                     if r["corpus"] == c and r["seed"] == RECIPE_SEED} for c in CORPORA}
+    by_corpus = {c: rows for c, rows in by_corpus.items() if rows}
     lr, rtd_weight = recipe()
     RESULTS.mkdir(parents=True, exist_ok=True)
     with open(RESULTS / "paper_figures.csv", "w", newline="") as f:
-        fields = [k for k in all_rows[0] if k != "curve"]
-        writer = csv.DictWriter(f, fieldnames=fields)
+        writer = csv.DictWriter(f, fieldnames=list(all_rows[0]))
         writer.writeheader()
-        writer.writerows({k: r[k] for k in fields} for r in all_rows)
-    compute = sum(r["seconds"] for r in all_rows)
-    finetune_seconds = sum(v["train_time_s"] for res in scores.values() if res
-                           for v in res["per_seed"].values())
+        writer.writerows(all_rows)
+    compute = {c: sum(r["seconds"] for r in all_rows if r["corpus"] == c) / 60 for c in by_corpus}
+    finetune = sum(r["finetune_seconds"] or 0 for r in all_rows) / 60
+    untimed = sum(1 for r in all_rows
+                  if r["finetune_seconds"] is None and _downstream(r) is not None)
     lines = [
         "# The paper's Figures 2 and 3 at CPU scale: sensitivity and stability",
         "",
@@ -358,18 +425,21 @@ def report(steps: int) -> None:
         f"this script, torch threads {torch.get_num_threads()}; each run OMP_NUM_THREADS="
         f"{os.environ.get('OMP_NUM_THREADS', 'unset')}), {platform.system()} "
         f"{platform.release()}, Python {platform.python_version()}; one run at a time.",
-        "Command: `OMP_NUM_THREADS=1 .venv/bin/python benchmarks/paper_figures.py` (module doc: "
-        "the cells and how each run is scored).",
+        "Command: `OMP_NUM_THREADS=1 .venv/bin/python benchmarks/paper_figures.py --corpus C` "
+        "for C in " + ", ".join(CORPORA) + " (module doc: the cells and how each run is "
+        "scored); `--report-only` rebuilds this report from the runs, or from "
+        "paper_figures.csv for runs no longer on disk.",
         "",
         f"Every run: the plateau map's `defaults` cell (demo recipe, discriminator 2 x 128, "
         f"32 x 64 tokens a step, lr {lr:g}, recipe defaults) cut to {steps:,} steps (the map "
-        f"runs 3,000), techdocs, vocabulary {VOCAB:,}, seed {RECIPE_SEED} unless said. AUC: "
-        f"held-out AUC over maskable tokens at step {steps:,}, on the common judge (the map's "
-        f"2 x 32 masked LM). \"diverged\": a loss not finite, a step skipped or a stop by the "
-        f"fault guard, or the RTD loss back above the prior's binary entropy H(replaced share) "
-        f"after having been {LEFT:g} x H under it. Compute: the pretraining runs below "
-        f"{compute / 60:.0f} min (wall, each run start to end), the fine-tuning "
-        f"{finetune_seconds / 60:.0f} min.",
+        f"runs 3,000), vocabulary {VOCAB:,}, seed {RECIPE_SEED} unless said. AUC: "
+        f"held-out AUC over maskable tokens at step {steps:,}, on the corpus's common judge (the "
+        f"map's 2 x 32 masked LM). \"diverged\": a loss not finite, a step skipped or a stop by "
+        f"the fault guard, or the RTD loss back above the prior's binary entropy H(replaced "
+        f"share) after having been {LEFT:g} x H under it. Compute (wall, each run start to "
+        f"end): pretraining " + ", ".join(f"{c} {m:.0f} min" for c, m in compute.items())
+        + f"; fine-tuning {finetune:.0f} min"
+        + (f" ({untimed} earlier scores without a recorded time)" if untimed else "") + ".",
         "",
         "## Seed-to-seed spread (the recipe cell, shared by every figure)",
         "",
@@ -382,29 +452,25 @@ def report(steps: int) -> None:
         f"{SMALL_TASK[1]} epochs; dev accuracy, mean of fine-tuning seeds "
         f"{', '.join(map(str, FINETUNE_SEEDS))} (each in brackets; chance is 0.500).",
         "",
-        *figure2_left(main_rows, scores),
+        *figure2_left(by_corpus),
         "",
         "## Figure 2, right: the curriculum",
         "",
         f"Fast-electra: T0 of the paper's schedule T = 1 + (T0 - 1) exp(-u / tau), u the fraction "
         f"of training done; the default calibrates T0 on the generator. Electra (no "
         f"temperature): its generator's loss weight g against the discriminator's "
-        f"{rtd_weight:g}, run as train.rtd_weight = {rtd_weight:g} / g.",
+        f"{rtd_weight:g}, run as train.rtd_weight = {rtd_weight:g} / g. Cells: held-out AUC.",
         "",
-        *figure2_right(main_rows),
+        *figure2_right(by_corpus),
         "",
         "## Figure 3: learning rate x1 / x2 / x4 / x8",
         "",
-        *figure3(main_rows),
+        *figure3(by_corpus),
+        "",
+        "Figures: paper_figure2.png (Figure 2), paper_figure3.png (Figure 3), a row per corpus.",
     ]
-    if kjv:
-        lines += ["", "## The headline points on kjv (the bundled Bible), vocabulary 8,000", "",
-                  "| method | recipe cell AUC | lr x2 AUC |", "|---|---|---|"]
-        lines += [f"| {m} | {_auc(kjv.get((m, 'recipe')))} | {_auc(kjv.get((m, 'lr-x2')))} |"
-                  for m in ("electra", "fast-electra")]
-    lines += ["", "Figures: paper_figure2.png (Figure 2), paper_figure3.png (Figure 3)."]
     (RESULTS / "paper_figures.md").write_text("\n".join(lines) + "\n")
-    _plot(main_rows, scores)
+    _plot(by_corpus)
     print("\n".join(lines))
 
 
@@ -415,83 +481,87 @@ def downstream_results(run: Run) -> dict | None:
     return json.loads(results.read_text()) if results.is_file() else None
 
 
-def _plot(rows: dict, scores: dict) -> None:
+def _plot(by_corpus: dict) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     styles = {"electra": ("C0", "o", "--"), "fast-electra": ("C3", "s", "-")}
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, grid = plt.subplots(len(by_corpus), 3, figsize=(15, 4 * len(by_corpus)), squeeze=False)
+    for axes, (corpus, rows) in zip(grid, by_corpus.items()):
+        def points(method, keys):
+            got = [(i, rows[(method, k)]) for i, k in enumerate(keys) if (method, k) in rows]
+            return [(i, r["auc_maskable"]) for i, r in got if r["auc_maskable"] is not None]
 
-    def points(method, keys):
-        got = [(i, rows[(method, k)]) for i, k in enumerate(keys) if (method, k) in rows]
-        return [(i, r["auc_maskable"]) for i, r in got if r["auc_maskable"] is not None]
-
-    depth_keys = ["recipe" if d == 2 else f"depth{d}" for d in DEPTHS]
-    for m, (color, marker, ls) in styles.items():
-        xy = points(m, depth_keys)
-        if xy:
-            axes[0].plot([DEPTHS[i] for i, _ in xy], [a for _, a in xy], ls, color=color,
-                         marker=marker, label=m)
-        acc = [(DEPTHS[i], statistics.fmean(scores[(m, k)]["per_seed"][str(s)]["accuracy"]
-                                            for s in FINETUNE_SEEDS))
-               for i, k in enumerate(depth_keys) if scores.get((m, k))]
-        if acc:
-            axes[1].plot(*zip(*acc), ls, color=color, marker=marker, label=m)
-    axes[0].set(xlabel="auxiliary model depth (layers)", ylabel="held-out AUC (maskable)",
-                title="Figure 2 left: AUC vs auxiliary depth")
-    axes[1].set(xlabel="auxiliary model depth (layers)", ylabel="downstream dev accuracy",
-                title=f"... downstream ({SMALL_TASK[0]} examples)")
-    axes[1].axhline(0.5, color="grey", lw=0.8, ls=":")
-    series = [
-        ("fast-electra, tau (calibrated T0)", "fast-electra",
-         ["recipe" if t == 0.1 else f"tau-{t:g}" for t in TAUS], [f"{t:g}" for t in TAUS], "-"),
-        ("fast-electra, T0 (tau 0.1)", "fast-electra",
-         [*(f"t0-{t:g}" for t in T0S), "recipe"], [*(f"{t:g}" for t in T0S), "cal."], "-."),
-        ("electra, generator weight", "electra",
-         ["recipe" if g == 1 else f"genw-{g}" for g in GEN_WEIGHTS], [str(g) for g in GEN_WEIGHTS],
-         "--"),
-    ]
-    for label, m, keys, ticks, ls in series:
-        xy = points(m, keys)
-        if xy:
-            line, = axes[2].plot([i for i, _ in xy], [a for _, a in xy], ls,
-                                 color=styles[m][0], marker=styles[m][1],
-                                 label=f"{label}: " + " / ".join(ticks))
-            if ls == "-.":
-                line.set_alpha(0.6)
-    axes[2].set(xlabel="setting (1st .. 4th value, as in the legend)",
-                ylabel="held-out AUC (maskable)", title="Figure 2 right: the curriculum")
-    axes[2].set_xticks(range(4))
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:  # a panel with no finished run yet has none
-            ax.legend(fontsize=7)
+        depth_keys = ["recipe" if d == 2 else f"depth{d}" for d in DEPTHS]
+        for m, (color, marker, ls) in styles.items():
+            xy = points(m, depth_keys)
+            if xy:
+                axes[0].plot([DEPTHS[i] for i, _ in xy], [a for _, a in xy], ls, color=color,
+                             marker=marker, label=m)
+            acc = [(DEPTHS[i], _downstream(rows.get((m, k)))) for i, k in enumerate(depth_keys)]
+            acc = [(d, a) for d, a in acc if a is not None]
+            if acc:
+                axes[1].plot(*zip(*acc), ls, color=color, marker=marker, label=m)
+        axes[0].set(xlabel="auxiliary model depth (layers)", ylabel="held-out AUC (maskable)",
+                    title=f"{corpus} - Figure 2 left: AUC vs auxiliary depth")
+        axes[1].set(xlabel="auxiliary model depth (layers)", ylabel="downstream dev accuracy",
+                    title=f"{corpus} - ... downstream ({SMALL_TASK[0]} examples)")
+        axes[1].axhline(0.5, color="grey", lw=0.8, ls=":")
+        series = [
+            ("fast-electra, tau (calibrated T0)", "fast-electra",
+             ["recipe" if t == 0.1 else f"tau-{t:g}" for t in TAUS], [f"{t:g}" for t in TAUS],
+             "-"),
+            ("fast-electra, T0 (tau 0.1)", "fast-electra",
+             [*(f"t0-{t:g}" for t in T0S), "recipe"], [*(f"{t:g}" for t in T0S), "cal."], "-."),
+            ("electra, generator weight", "electra",
+             ["recipe" if g == 1 else f"genw-{g}" for g in GEN_WEIGHTS],
+             [str(g) for g in GEN_WEIGHTS], "--"),
+        ]
+        for label, m, keys, ticks, ls in series:
+            xy = points(m, keys)
+            if xy:
+                line, = axes[2].plot([i for i, _ in xy], [a for _, a in xy], ls,
+                                     color=styles[m][0], marker=styles[m][1],
+                                     label=f"{label}: " + " / ".join(ticks))
+                if ls == "-.":
+                    line.set_alpha(0.6)
+        axes[2].set(xlabel="setting (1st .. 4th value, as in the legend)",
+                    ylabel="held-out AUC (maskable)",
+                    title=f"{corpus} - Figure 2 right: the curriculum")
+        axes[2].set_xticks(range(4))
+        for ax in axes:
+            ax.grid(alpha=0.3)
+            if ax.get_legend_handles_labels()[0]:  # a panel with no finished run yet has none
+                ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(RESULTS / "paper_figure2.png", dpi=110)
     plt.close(fig)
 
     lr, _ = recipe()
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
-    for ax, m in zip(axes, ("electra", "fast-electra")):
-        for j, k in enumerate(LR_FACTORS):
-            r = rows.get((m, "recipe" if k == 1 else f"lr-x{k}"))
-            if r is None or not r["curve"]:
-                continue
-            # over the prior's entropy, not raw: electra's replaced share (so its base-rate
-            # loss) falls as its generator learns, and a raw curve falling with it looks like
-            # learning when it is the base rate
-            steps = [step for step, _ in r["curve"]]
-            ax.plot(steps, r["over_prior"], color=f"C{j}", label=f"lr x{k} ({lr * k:g})")
-            if r["diverged"]:
-                at = min(range(len(steps)), key=lambda i: abs(steps[i] - r["diverged"][0]))
-                ax.plot([steps[at]], [r["over_prior"][at]], "x", color=f"C{j}", ms=12, mew=3)
-        ax.axhline(1.0, color="grey", lw=0.8, ls=":")
-        ax.set(title=f"{m} (x: diverged; dotted: the base rate)", xlabel="step")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    axes[0].set_ylabel("training RTD loss / H(replaced share)")
+    fig, grid = plt.subplots(len(by_corpus), 2, figsize=(12, 4 * len(by_corpus)), sharey=True,
+                             squeeze=False)
+    for axes, (corpus, rows) in zip(grid, by_corpus.items()):
+        for ax, m in zip(axes, ("electra", "fast-electra")):
+            for j, k in enumerate(LR_FACTORS):
+                r = rows.get((m, "recipe" if k == 1 else f"lr-x{k}"))
+                if r is None or not r["steps"]:
+                    continue
+                # over the prior's entropy, not raw: electra's replaced share (so its base-rate
+                # loss) falls as its generator learns, and a raw curve falling with it looks
+                # like learning when it is the base rate
+                steps = r["steps"]
+                ax.plot(steps, r["over_prior"], color=f"C{j}", label=f"lr x{k} ({lr * k:g})")
+                if r["diverged"]:
+                    at = min(range(len(steps)), key=lambda i: abs(steps[i] - r["diverged"][0]))
+                    ax.plot([steps[at]], [r["over_prior"][at]], "x", color=f"C{j}", ms=12,
+                            mew=3)
+            ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+            ax.set(title=f"{corpus}: {m} (x: diverged; dotted: the base rate)", xlabel="step")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        axes[0].set_ylabel("training RTD loss / H(replaced share)")
     fig.tight_layout()
     fig.savefig(RESULTS / "paper_figure3.png", dpi=110)
     plt.close(fig)

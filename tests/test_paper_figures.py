@@ -90,12 +90,45 @@ def test_figure3_table_from_runs(tmp_path, monkeypatch):
             {"returncode": code, "seconds": 1.0, "steps": 100, "guard_stop_step": stop,
              "calibrated_t0": None}))
     rows = {(r["method"], r["key"]): r for r in map(pf.read, pf.plan(("lr",))) if r}
-    lines = pf.figure3(rows)
+    lines = pf.figure3({"techdocs": rows})
     assert len(lines) == 2 + 2 * len(pf.LR_FACTORS)
-    electra = [line for line in lines if line.startswith("| electra |")]
+    electra = [line for line in lines if line.startswith("| techdocs | electra |")]
     assert electra[0].startswith(
-        f"| electra | x1 ({pf.recipe()[0]:g}) | 0.990 | 0.990 | 0 | no | 0.600 |")
+        f"| techdocs | electra | x1 ({pf.recipe()[0]:g}) | 0.990 | 0.990 | 0 | no | 0.600 |")
     assert "at step 100: RTD loss back above the prior's" in electra[-1]
     assert electra[-1].endswith("| - (diverged at 100) |")
     assert all("not run" in line for line in electra[1:-1])
     assert rows["electra", "recipe"]["prior"] == pytest.approx(PRIOR)
+
+
+def test_plan_runs_the_same_cells_on_either_corpus():
+    techdocs, kjv = pf.plan(pf.PARTS, "techdocs"), pf.plan(pf.PARTS, "kjv")
+    assert {r.corpus for r in kjv} == {"kjv"}
+    assert [(r.method, r.key, r.overrides, r.depth, r.seed) for r in kjv] == [
+        (r.method, r.key, r.overrides, r.depth, r.seed) for r in techdocs]
+
+
+def test_the_report_reads_runs_gone_from_disk_back_from_its_csv(tmp_path, monkeypatch):
+    """A fresh clone has the results but not the runs: rows written to paper_figures.csv read
+    back as read() returned them, so --report-only rebuilds the same tables."""
+    monkeypatch.setattr(pf, "OUT", tmp_path / "runs")
+    run = pf.Run("electra", "lr-x8")
+    run.dir.mkdir(parents=True)
+    records = [_train(50, 0.8), _train(100, 1.05)]
+    (run.dir / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records + [
+        {"step": 100, "split": "eval", "auc_maskable": 0.55}]) + "\n")
+    (run.dir / "outcome.json").write_text(json.dumps(
+        {"returncode": 0, "seconds": 2.5, "steps": 100, "guard_stop_step": None,
+         "calibrated_t0": 2.1}))
+    row = pf.read(run)
+    assert row["diverged"] == (100, "RTD loss back above the prior's")
+    old_style = dict(row, steps=None)  # an earlier CSV had no steps column: LOG_EVERY apart
+    for i, written in enumerate((row, old_style)):
+        record = tmp_path / f"paper_figures{i}.csv"
+        with open(record, "w", newline="") as f:
+            writer = pf.csv.DictWriter(f, fieldnames=list(written))
+            writer.writeheader()
+            writer.writerow({k: "" if v is None else v for k, v in written.items()})
+        back = pf.recorded(record)[("techdocs", "electra", "lr-x8", pf.RECIPE_SEED)]
+        assert back == dict(row, steps=[pf.LOG_EVERY, 2 * pf.LOG_EVERY])  # repr: exact
+    assert pf.recorded(tmp_path / "missing.csv") == {}

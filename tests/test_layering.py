@@ -87,3 +87,20 @@ def test_no_cycle_between_parts():
 def test_the_cycle_finder_finds_cycles():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_checking_a_config_loads_no_model_framework():
+    """`fast-electra config` (and every refused run) asks the mode classes about a config: the
+    models are imported where a mode builds them, so the check skips transformers' ~2.5 s."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from fast_electra_ds.config import load_config; "
+            "from fast_electra_ds.method.modes import validate_config; "
+            "[validate_config(load_config('tiny', [f'mode={m}']), check_files=False) "
+            "for m in ('fast-electra', 'electra', 'mlm')]; "
+            "print(sorted(m for m in ('transformers', 'deepspeed') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=PACKAGE.parent)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"

@@ -24,7 +24,7 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import nn
@@ -32,11 +32,13 @@ from torch import nn
 from fast_electra_ds.config import SELF_JUDGE, RunConfig, names_a_folder, resolve_path
 from fast_electra_ds.data.masking import MaskedBatch, num_predictions
 from fast_electra_ds.method import flops
-from fast_electra_ds.method.frozen_generator import FrozenGenerator
-from fast_electra_ds.method.models import build_discriminator, build_generator
-from fast_electra_ds.method.objectives import ElectraObjective, FastElectraObjective, MLMObjective
 from fast_electra_ds.method.mlm_head import masked_logits
 from fast_electra_ds.method.temperature import calibrate_t0, temperature_at
+
+# The models (transformers) are imported where a mode builds them, not here: checking a config
+# (`fast-electra config`, a refused run) asks the mode classes and then needs none of them.
+if TYPE_CHECKING:
+    from fast_electra_ds.method.frozen_generator import FrozenGenerator
 
 
 @dataclass
@@ -92,6 +94,8 @@ class Mode(ABC):
         """The module the engine trains; anything outside the engine is loaded here too."""
 
     def _discriminator(self) -> nn.Module:
+        from fast_electra_ds.method.models import build_discriminator
+
         # the share of tokens replaced, at most: a sampled token can equal the original
         return build_discriminator(self.cfg.model, vocab_size=self.vocab_size,
                                    pad_id=self.special_ids["pad"],
@@ -99,6 +103,8 @@ class Mode(ABC):
                                    attn_implementation=self.attention, log=self.log)
 
     def _generator(self) -> nn.Module:
+        from fast_electra_ds.method.models import build_generator
+
         return build_generator(self.cfg.generator, self.cfg.model, vocab_size=self.vocab_size,
                                pad_id=self.special_ids["pad"], attn_implementation=self.attention,
                                log=self.log)
@@ -193,6 +199,9 @@ class FastElectra(Mode):
         return out
 
     def build(self) -> nn.Module:
+        from fast_electra_ds.method.frozen_generator import FrozenGenerator
+        from fast_electra_ds.method.objectives import FastElectraObjective
+
         cfg = self.cfg
         self.frozen_generator = FrozenGenerator.load(
             str(resolve_path(cfg.generator.path)), vocab_size=self.vocab_size,
@@ -260,6 +269,8 @@ class Electra(Mode):
         return out
 
     def build(self) -> nn.Module:
+        from fast_electra_ds.method.objectives import ElectraObjective
+
         disc = self._discriminator()
         gen = self._generator()
         # (ElectraObjective ties the generator's embeddings to the discriminator's)
@@ -309,6 +320,8 @@ class MaskedLM(Mode):
         return out
 
     def build(self) -> nn.Module:
+        from fast_electra_ds.method.objectives import MLMObjective
+
         return MLMObjective(self._generator())
 
     def _sequence_flops(self) -> int:

@@ -327,11 +327,11 @@ def test_sigterm_saves_and_exits(tmp_path, tiny_dataset, tiny_generator):
 def test_two_rank_checkpoint_resumes_on_one(tmp_path, tiny_dataset, tiny_generator):
     cfg_args = ["ds_config=ds_configs/cpu_zero2_fp32.json", "model.hidden_dropout=0",
                 "model.attention_dropout=0", "checkpoint.save_every=4"]
-    two = tmp_path / "two"
-    _run(_common(tiny_dataset, tiny_generator, two, "train.steps=8", *cfg_args))
+    two, moved = tmp_path / "two", tmp_path / "moved"
+    _run_many(tmp_path, "two-ranks", [
+        _common(tiny_dataset, tiny_generator, two, "train.steps=8", *cfg_args),
+        _common(tiny_dataset, tiny_generator, moved, "train.steps=4", *cfg_args)])
     ref = _losses(two)
-    moved = tmp_path / "moved"
-    _run(_common(tiny_dataset, tiny_generator, moved, "train.steps=4", *cfg_args))
     cfg = load_config("tiny", _common(tiny_dataset, tiny_generator, moved, "train.steps=8",
                                       *cfg_args))
     result = loop.pretrain(cfg)  # 1 rank now: converted to a universal checkpoint and loaded

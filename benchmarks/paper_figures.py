@@ -21,6 +21,7 @@ techdocs with WordPiece 8,000, cut to STEPS steps, with one change:
   lr          optim.lr x1 / x2 / x4 / x8 of the recipe's (warm-up unchanged)
   seeds       the recipe cell (shared by all three: depth 2, default curriculum, weight 1, x1)
               again with seed 1, for the seed-to-seed spread
+  lr-seeds    Figure 3's other learning rates again with seed 1
   kjv         the headline point once more on the bundled Bible (the recipe cell, lr x2)
 
 Every run is scored on one judge: held-out AUC over maskable tokens on the corpus's common judge
@@ -76,7 +77,7 @@ RECIPE_SEED = 1234
 SPREAD_SEED = 1
 FINETUNE_SEEDS = (1, 2)
 SMALL_TASK = SIZES[-1]  # (500 examples, 10 epochs): the yardstick's cheaper size
-PARTS = ("lr", "seeds", "curriculum", "depth", "downstream")
+PARTS = ("lr", "seeds", "curriculum", "depth", "downstream", "lr-seeds")
 # "Left the prior" needs the RTD loss 10% under H(share), not the plateau watch's 2%: electra's
 # discriminator at this scale sits at ~0.99 H for thousands of steps, and a window's noise
 # across H there is no divergence.
@@ -121,6 +122,9 @@ def plan(parts: tuple[str, ...], corpus: str = "techdocs") -> list[Run]:
                      for m in ("fast-electra", "electra") for k in LR_FACTORS if k != 1]
         elif part == "seeds":
             runs += [Run(m, seed=SPREAD_SEED) for m in ("fast-electra", "electra")]
+        elif part == "lr-seeds":  # where the methods part ways: Figure 3 once more, seed 1
+            runs += [Run(m, f"lr-x{k}", (f"optim.lr={lr * k:g}",), seed=SPREAD_SEED)
+                     for m in ("fast-electra", "electra") for k in LR_FACTORS if k != 1]
         elif part == "curriculum":
             runs += [Run("fast-electra", f"t0-{t0:g}", ("temperature.schedule=exponential",
                                                         f"temperature.t0={t0:g}",
@@ -368,22 +372,29 @@ def figure2_right(by_corpus: dict) -> list[str]:
     return lines
 
 
-def figure3(by_corpus: dict) -> list[str]:
+def figure3(by_corpus: dict, second: dict | None = None) -> list[str]:
+    """The table of Figure 3; `second`: the rows of seed SPREAD_SEED, by corpus like by_corpus,
+    for a column of their own."""
     lr, _ = recipe()
+    second = second or {}
     lines = ["| corpus | method | lr | RTD loss / H(share), lowest window | ... last window | "
-             "skipped steps | diverged | AUC |", "|---|---|---|---|---|---|---|---|"]
+             f"skipped steps | diverged | AUC | AUC, seed {SPREAD_SEED} |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for corpus, rows in by_corpus.items():
         for m in ("electra", "fast-electra"):
             for k in LR_FACTORS:
-                r = rows.get((m, "recipe" if k == 1 else f"lr-x{k}"))
+                key = "recipe" if k == 1 else f"lr-x{k}"
+                r = rows.get((m, key))
                 head = f"| {corpus} | {m} | x{k} ({lr * k:g}) |"
                 if r is None:
-                    lines.append(f"{head} not run | | | | |")
+                    lines.append(f"{head} not run | | | | | |")
                     continue
                 why = (f"at step {r['diverged'][0]:,}: {r['diverged'][1]}" if r["diverged"]
                        else "no")
+                other = second.get(corpus, {}).get((m, key))
                 lines.append(f"{head} {min(r['over_prior']):.3f} | {r['over_prior'][-1]:.3f} | "
-                             f"{r['skipped_steps']} | {why} | {_auc(r)} |")
+                             f"{r['skipped_steps']} | {why} | {_auc(r)} | "
+                             f"{_auc(other) if other else '-'} |")
     return lines
 
 
@@ -408,6 +419,8 @@ def report(steps: int) -> None:
     by_corpus = {c: {(r["method"], r["key"]): r for r in all_rows
                      if r["corpus"] == c and r["seed"] == RECIPE_SEED} for c in CORPORA}
     by_corpus = {c: rows for c, rows in by_corpus.items() if rows}
+    second = {c: {(r["method"], r["key"]): r for r in all_rows
+                  if r["corpus"] == c and r["seed"] == SPREAD_SEED} for c in CORPORA}
     lr, rtd_weight = recipe()
     RESULTS.mkdir(parents=True, exist_ok=True)
     with open(RESULTS / "paper_figures.csv", "w", newline="") as f:
@@ -465,7 +478,7 @@ def report(steps: int) -> None:
         "",
         "## Figure 3: learning rate x1 / x2 / x4 / x8",
         "",
-        *figure3(by_corpus),
+        *figure3(by_corpus, second),
         "",
         "Figures: paper_figure2.png (Figure 2), paper_figure3.png (Figure 3), a row per corpus.",
     ]

@@ -75,6 +75,9 @@ def test_plan_shares_the_recipe_cell_and_maps_the_settings_to_overrides():
     # the recipe cell is every figure's middle point, so it is not planned again as one
     assert not {"lr-x1", "depth2", "genw-1", "tau-0.1"} & {r.key for r in runs}
     assert ("techdocs", "electra", "recipe", pf.SPREAD_SEED) in keys
+    # Figure 3 once more with the second seed: the same overrides
+    assert keys["techdocs", "fast-electra", "lr-x4", pf.SPREAD_SEED].overrides == (
+        f"optim.lr={lr * 4:g}",)
 
 
 def test_figure3_table_from_runs(tmp_path, monkeypatch):
@@ -94,9 +97,9 @@ def test_figure3_table_from_runs(tmp_path, monkeypatch):
     assert len(lines) == 2 + 2 * len(pf.LR_FACTORS)
     electra = [line for line in lines if line.startswith("| techdocs | electra |")]
     assert electra[0].startswith(
-        f"| techdocs | electra | x1 ({pf.recipe()[0]:g}) | 0.990 | 0.990 | 0 | no | 0.600 |")
+        f"| techdocs | electra | x1 ({pf.recipe()[0]:g}) | 0.990 | 0.990 | 0 | no | 0.600 | - |")
     assert "at step 100: RTD loss back above the prior's" in electra[-1]
-    assert electra[-1].endswith("| - (diverged at 100) |")
+    assert electra[-1].endswith("| - (diverged at 100) | - |")
     assert all("not run" in line for line in electra[1:-1])
     assert rows["electra", "recipe"]["prior"] == pytest.approx(PRIOR)
 

@@ -58,7 +58,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.machine import cpu_name  # noqa: E402
 from benchmarks.plateau_map import (CORPORA, RESULTS, SHAPES, WORK, generator_args,  # noqa: E402
-                                    prepare, pretrain_args, run_cli)
+                                    prepare, pretrain_args, run_cli, wait_for_cpu)
 from benchmarks.pretraining_value import SIZES, finetune_once, task_folders  # noqa: E402
 from fast_electra_ds.config import load_config  # noqa: E402
 from fast_electra_ds.training.plateau import binary_entropy  # noqa: E402
@@ -171,6 +171,7 @@ def execute(run: Run, paths: dict[str, Path], steps: int) -> None:
     args = pretrain_args(run.method, run.dir, paths, generator, steps,
                          [*SHAPES[SIZE], f"logging.log_every={LOG_EVERY}", f"seed={run.seed}",
                           *run.overrides])
+    wait_for_cpu()  # not counted in the run's time
     start = time.time()
     log = run.dir.parent / f"{run.dir.name}.log"
     code = run_cli(*args, log=log, check=False)

@@ -1,14 +1,14 @@
 """The paper's robustness and stability claims, measured at CPU scale: its Figures 2 and 3.
 
-    .venv/bin/python benchmarks/paper_figures.py                 # everything (resumable)
-    .venv/bin/python benchmarks/paper_figures.py --parts lr,seeds  # some parts only
-    .venv/bin/python benchmarks/paper_figures.py --report-only   # tables + PNG from what ran
+    .venv/bin/python benchmarks/paper_figures.py --corpus kjv    # every part on one corpus
+    .venv/bin/python benchmarks/paper_figures.py --parts lr,seeds  # some parts only (techdocs)
+    .venv/bin/python benchmarks/paper_figures.py --report-only   # tables + PNG, both corpora
 
 Fast-ELECTRA's claims (arXiv 2310.07347, section 4.4): it is less sensitive to the auxiliary
 model's depth and to the curriculum (Figure 2), and it trains at larger learning rates without
 diverging (Figure 3). Every run is the plateau map's `defaults` cell (benchmarks/plateau_map.py:
 the `demo` recipe with the recipe defaults, discriminator 2 x 128, seq_len 64, batch 32) on
-techdocs with WordPiece 8,000, cut to STEPS steps, with one change:
+techdocs or kjv (--corpus) with WordPiece 8,000, cut to STEPS steps, with one change:
 
   depth       the auxiliary model's layers, 1 / 2 / 3 / 4 (width 32 as the recipe's): electra's
               jointly trained generator (generator.num_layers); fast-electra's frozen one, each

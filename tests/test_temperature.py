@@ -68,6 +68,37 @@ def test_calibrated_t0_ignores_last_bit_differences_in_the_logits():
     assert calibrate_t0(noisy, 0.9)[0] == calibrate_t0(logits, 0.9)[0]
 
 
+def _forty_halvings(logits: torch.Tensor, start_entropy: float) -> float:
+    """calibrate_t0 as it was first written: all 40 halvings of [1, 1000] in log T."""
+    h1 = mean_entropy(logits, 1.0)
+    target = h1 + start_entropy * (math.log(logits.shape[-1]) - h1)
+    lo, hi = 0.0, math.log(1000.0)
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if mean_entropy(logits, math.exp(mid)) < target else (lo, mid)
+    return max(1.0, round(math.exp(hi), 3))
+
+
+def test_calibration_stops_early_with_the_answer_of_all_forty_halvings(monkeypatch):
+    """The bisection stops once its bracket rounds to one T0: the same T0 as the full 40 halvings
+    (runs and golden files depend on it to the last decimal), in well under the 42 entropies,
+    including nearly uniform targets (start_entropy 0.99), where float32 noise makes the entropy
+    non-monotone at the last bits."""
+    from fast_electra_ds.method import temperature as module
+    calls = []
+    monkeypatch.setattr(module, "mean_entropy",
+                        lambda *a: calls.append(1) or mean_entropy(*a))
+    g = torch.Generator().manual_seed(3)
+    for sharpness in (0.3, 4.0, 40.0):
+        for start_entropy in (0.1, 0.5, 0.9, 0.99):
+            logits = sharpness * torch.randn(64, 200, generator=g)  # [N, V]
+            logits[:8, :5] += 10  # some peaked rows
+            calls.clear()
+            assert module.calibrate_t0(logits, start_entropy)[0] == \
+                _forty_halvings(logits, start_entropy)
+            assert len(calls) <= 24  # 2 + 40 before
+
+
 def test_calibration_of_a_uniform_generator_starts_at_1():
     t0, h1, target = calibrate_t0(torch.zeros(10, 64), 0.9)
     assert h1 == pytest.approx(math.log(64)) and t0 == pytest.approx(1.0)

@@ -64,7 +64,10 @@ def calibrate_t0(logits: torch.Tensor, start_entropy: float, *, t_max: float = 1
     Returns (T0, H(1), the target). Entropy grows with T (towards log V), so bisection on log T
     finds it; 40 halvings of [1, t_max] leave T0 within 1e-10 relative, and T0 is then rounded
     to 3 decimals: the generator's logits differ in their last bits with the batch shape and
-    the thread count, and every rank, world size and resume of a run must sample at the same T."""
+    the thread count, and every rank, world size and resume of a run must sample at the same T.
+    The bisection stops as soon as its whole bracket rounds to one T0: the 40 halvings could
+    only end inside it, so the answer is theirs, after ~15 entropies instead of 42 (each a
+    softmax over the calibration logits, most of a small run's start-up)."""
     h1 = mean_entropy(logits, 1.0)
     target = h1 + start_entropy * (math.log(logits.shape[-1]) - h1)
     if target - h1 < 1e-6:  # already (nearly) uniform: no hotter start exists
@@ -73,6 +76,8 @@ def calibrate_t0(logits: torch.Tensor, start_entropy: float, *, t_max: float = 1
     if mean_entropy(logits, t_max) < target:
         return t_max, h1, target
     for _ in range(40):
+        if round(math.exp(lo), 3) == round(math.exp(hi), 3):  # monotone: decided
+            break
         mid = (lo + hi) / 2
         if mean_entropy(logits, math.exp(mid)) < target:
             lo = mid

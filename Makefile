@@ -28,6 +28,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIPQ) --no-build-isolation --no-cache-dir deepspeed
 	$(PIPQ) --no-build-isolation -e '.[dev]'
 	@$(PY) -c "import torch, deepspeed, transformers, megatron.core, datasets; print('setup ok: torch', torch.__version__, '| deepspeed', deepspeed.__version__)" 2>/dev/null
+	@# DeepSpeed JIT-builds its CPU shared-memory allreduce op the first time a CPU run starts its
+	@# process group (~30 s of two compilers; cached in ~/.cache/torch_extensions): built here,
+	@# once, with the venv's ninja, the one training/engine.py puts first on PATH.
+	@PATH="$(CURDIR)/$(VENV)/bin:$$PATH" DS_ACCELERATOR=cpu $(PY) -c "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder as B; B().load(verbose=False); print('DeepSpeed CPU comm op built')" 2>/dev/null \
+	  || echo "DeepSpeed CPU comm op not built now (no C++ compiler?): the first CPU run will try"
 	@touch $@
 
 demo: setup

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -42,6 +43,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _prefer_this_interpreters_ninja() -> None:
+    """Put the `ninja` installed beside this interpreter (make setup's, in .venv/bin) first on
+    PATH. DeepSpeed JIT-builds its ops (on CPU: the shared-memory allreduce, when the process
+    group starts) with whatever `ninja` PATH finds, cached in ~/.cache/torch_extensions; ninja
+    1.11 (a system's) and 1.13 (the venv's) hash build commands differently, so runs started
+    with and without .venv/bin on PATH (`bash launch_scripts/...` vs the venv's `deepspeed`)
+    rebuilt the op at every alternation: ~30 s of two compilers each time."""
+    bin_dir = str(Path(sys.executable).parent)
+    path = os.environ.get("PATH", "")
+    if os.path.isfile(os.path.join(bin_dir, "ninja")) and path.split(os.pathsep)[0] != bin_dir:
+        os.environ["PATH"] = bin_dir + (os.pathsep + path if path else "")
+
+
 def init_distributed(cfg: RunConfig, timeout_minutes: float = 30.0) -> DistEnv:
     """Start (or join) the process group; pick this rank's device."""
     want = cfg.device
@@ -54,6 +68,7 @@ def init_distributed(cfg: RunConfig, timeout_minutes: float = 30.0) -> DistEnv:
     # must be the CPU one even if a CUDA build of torch is installed.
     if want == "cpu":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    _prefer_this_interpreters_ninja()
     import deepspeed
 
     backend = "nccl" if want == "cuda" else "gloo"

@@ -198,9 +198,9 @@ def test_draw_is_a_function_of_seed_and_row_id():
 @kernel_test
 @pytest.mark.parametrize("temperature,v", [(1.0, 23), (1.5, 23), (3.0, 23), (1.0, 200)])
 def test_draws_follow_softmax(temperature, v):
-    """Chi-square goodness of fit of 6000 draws (same h, distinct row ids) to softmax(z / T); V
+    """Chi-square goodness of fit of 3000 draws (same h, distinct row ids) to softmax(z / T); V
     = 23 is one group of the two-level draw, V = 200 four (the last partial) in two tiles."""
-    num_draws, hdim = 6000, 16
+    num_draws, hdim = 3000, 16
     h, W, b, _ = make_inputs(torch.float32, m=1, v=v, h=hdim, seed=3)
     h = h.expand(num_draws, hdim)
     rows = torch.arange(num_draws, device=DEVICE) + 10**9

@@ -255,7 +255,9 @@ def test_deepspeed_builds_its_ops_with_the_ninja_beside_the_interpreter(tmp_path
     """DeepSpeed JIT-builds its CPU shared-memory op when the process group starts, with the
     first `ninja` on PATH. A system ninja and the venv's hash build commands differently, so
     runs started with and without .venv/bin on PATH rebuilt the op at every alternation (~30 s
-    of two compilers each). Starting the process group puts the venv's first."""
+    of two compilers each), as did runs from two venvs (one build folder, two include paths).
+    Starting the process group puts the venv's ninja first and, in a venv, builds into it
+    unless TORCH_EXTENSIONS_DIR is set."""
     import shutil
 
     from fast_electra_ds.config import load_config
@@ -266,6 +268,12 @@ def test_deepspeed_builds_its_ops_with_the_ninja_beside_the_interpreter(tmp_path
     (other / "ninja").write_text("#!/bin/sh\nexit 1\n")
     (other / "ninja").chmod(0o755)
     monkeypatch.setenv("PATH", f"{other}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
     assert shutil.which("ninja") == str(other / "ninja")
     init_distributed(load_config("tiny", ["device=cpu"]))
     assert shutil.which("ninja") == str(BIN / "ninja")
+    if sys.prefix != sys.base_prefix:  # make setup's venv
+        assert os.environ["TORCH_EXTENSIONS_DIR"] == os.path.join(sys.prefix, "torch_extensions")
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "shared"))  # a cluster's choice
+    init_distributed(load_config("tiny", ["device=cpu"]))
+    assert os.environ["TORCH_EXTENSIONS_DIR"] == str(tmp_path / "shared")

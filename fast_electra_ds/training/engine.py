@@ -43,17 +43,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _prefer_this_interpreters_ninja() -> None:
-    """Put the `ninja` installed beside this interpreter (make setup's, in .venv/bin) first on
-    PATH. DeepSpeed JIT-builds its ops (on CPU: the shared-memory allreduce, when the process
-    group starts) with whatever `ninja` PATH finds, cached in ~/.cache/torch_extensions; ninja
-    1.11 (a system's) and 1.13 (the venv's) hash build commands differently, so runs started
-    with and without .venv/bin on PATH (`bash launch_scripts/...` vs the venv's `deepspeed`)
-    rebuilt the op at every alternation: ~30 s of two compilers each time."""
+def _pin_op_builds() -> None:
+    """Where DeepSpeed JIT-builds its ops (on CPU: the shared-memory allreduce, when the process
+    group starts): with the `ninja` installed beside this interpreter (make setup's, in
+    .venv/bin), put first on PATH, and, in a venv, into VENV/torch_extensions unless
+    TORCH_EXTENSIONS_DIR says otherwise. Ninja 1.11 (a system's) and 1.13 (the venv's) hash
+    build commands differently, and two checkouts write different include paths into the one
+    ~/.cache/torch_extensions build: runs started with and without .venv/bin on PATH (`bash
+    launch_scripts/...` vs the venv's `deepspeed`), or from two venvs, rebuilt the op at every
+    alternation, ~30 s of two compilers each time."""
     bin_dir = str(Path(sys.executable).parent)
     path = os.environ.get("PATH", "")
     if os.path.isfile(os.path.join(bin_dir, "ninja")) and path.split(os.pathsep)[0] != bin_dir:
         os.environ["PATH"] = bin_dir + (os.pathsep + path if path else "")
+    if sys.prefix != sys.base_prefix:  # a venv: its own build cache, deleted with it
+        os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch_extensions"))
 
 
 def init_distributed(cfg: RunConfig, timeout_minutes: float = 30.0) -> DistEnv:
@@ -68,7 +72,7 @@ def init_distributed(cfg: RunConfig, timeout_minutes: float = 30.0) -> DistEnv:
     # must be the CPU one even if a CUDA build of torch is installed.
     if want == "cpu":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    _prefer_this_interpreters_ninja()
+    _pin_op_builds()
     import deepspeed
 
     backend = "nccl" if want == "cuda" else "gloo"

@@ -36,9 +36,22 @@ def stored_documents(prefix: Path) -> list[list[np.ndarray]]:
             for d in range(len(bounds) - 1)]
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fast_electra_ds", "prepare-data", *args],
-                          capture_output=True, text=True, timeout=300)
+@pytest.fixture
+def cli(capfd):
+    """`fast-electra prepare-data ARGS` through the CLI's main(), in this process (one
+    interpreter start and stack import per call saved; --num-proc 1, the default, forks
+    nothing), its output captured at the file descriptors as a child's would be."""
+    from fast_electra_ds.cli import main
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        capfd.readouterr()
+        try:
+            code = main(["prepare-data", *args])
+        except SystemExit as stop:  # argparse's refusals
+            code = stop.code
+        out, err = capfd.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+    return run
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -213,7 +226,7 @@ def test_valid_gets_the_tail_of_the_last_document_when_none_hashed_there(tmp_pat
 
 
 def test_one_paragraph_per_line_corpus_gets_a_valid_split_megatron_reads(tmp_path,
-                                                                         tiny_tokenizer):
+                                                                         tiny_tokenizer, cli):
     """A common layout: one paragraph per line, no blank lines, i.e. a single document."""
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
@@ -364,7 +377,7 @@ def test_a_ctrl_c_that_python_swallowed_still_cancels_the_output(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "glob", "directory"])
-def test_cli_bad_input_files(tmp_path, tiny_tokenizer, case):
+def test_cli_bad_input_files(tmp_path, tiny_tokenizer, case, cli):
     (tmp_path / "empty.txt").touch()
     (tmp_path / "folder").mkdir()
     arg, message = {
@@ -382,7 +395,7 @@ def test_cli_bad_input_files(tmp_path, tiny_tokenizer, case):
     assert not (tmp_path / "ds").exists()
 
 
-def test_cli_non_utf8_input(tmp_path, tiny_tokenizer):
+def test_cli_non_utf8_input(tmp_path, tiny_tokenizer, cli):
     path = tmp_path / "latin1.txt"
     good1, bad, good2 = "In the beginning God created\n", "the heaven and the earth \xe9t\xe9\n", \
         "And God said\n"
@@ -407,7 +420,7 @@ def test_cli_non_utf8_input(tmp_path, tiny_tokenizer):
                       tok(good2.strip(), add_special_tokens=False)["input_ids"]]
 
 
-def test_cli_existing_output(tiny_corpus, tiny_tokenizer, copy_dataset):
+def test_cli_existing_output(tiny_corpus, tiny_tokenizer, copy_dataset, cli):
     out = copy_dataset("ds")
     before = snapshot(out)
     args = ["--input", str(tiny_corpus), "--tokenizer", str(tiny_tokenizer), "--output", str(out)]
@@ -424,7 +437,8 @@ def test_cli_existing_output(tiny_corpus, tiny_tokenizer, copy_dataset):
 
 
 @pytest.mark.parametrize("missing", [{"[MASK]"}, {"[MASK]", "[CLS]", "[SEP]", "[PAD]"}])
-def test_cli_tokenizer_without_special_tokens(tmp_path, tiny_corpus, tokenizer_without, missing):
+def test_cli_tokenizer_without_special_tokens(tmp_path, tiny_corpus, tokenizer_without, missing,
+                                              cli):
     tok = tokenizer_without(missing)
     done = cli("--input", str(tiny_corpus), "--tokenizer", str(tok), "--seq-len", "64",
                "--output", str(tmp_path / "ds"))
@@ -435,7 +449,7 @@ def test_cli_tokenizer_without_special_tokens(tmp_path, tiny_corpus, tokenizer_w
     assert not (tmp_path / "ds").exists()
 
 
-def test_cli_seq_len_beyond_the_recipe(tmp_path, tiny_corpus, tiny_tokenizer):
+def test_cli_seq_len_beyond_the_recipe(tmp_path, tiny_corpus, tiny_tokenizer, cli):
     done = cli("--input", str(tiny_corpus), "--tokenizer", str(tiny_tokenizer), "--seq-len", "256",
                "--config", "tiny", "--output", str(tmp_path / "ds"))
     assert done.returncode == 2
@@ -449,7 +463,7 @@ def test_cli_seq_len_beyond_the_recipe(tmp_path, tiny_corpus, tiny_tokenizer):
     (["--seq-len", "64", "--num-proc", "0"], "--num-proc must be >= 1"),
     (["--seq-len", "64", "--tokenizer", "no-such-tokenizer"], "is not a directory"),
 ])
-def test_cli_bad_arguments(tmp_path, tiny_corpus, tiny_tokenizer, args, message):
+def test_cli_bad_arguments(tmp_path, tiny_corpus, tiny_tokenizer, args, message, cli):
     base = ["--input", str(tiny_corpus), "--tokenizer", str(tiny_tokenizer)]
     done = cli(*base, *args, "--output", str(tmp_path / "ds"))
     assert done.returncode == 2 and message in done.stderr

@@ -40,10 +40,11 @@ demo: setup
 
 # Two workers on two cores: much of the suite waits on launches, rendezvous and the ranks of
 # 2-rank runs, which leaves a core idle. Each test file stays on one worker (--dist loadfile),
-# so a file's module fixtures are built once; conftest gives each worker one thread.
+# so a file's module fixtures are built once; conftest gives each worker one thread, and orders
+# the files longest first, which --no-loadscope-reorder keeps (xdist would sort by test count).
 TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # The peer, electra-pytorch, is installed here and without its dependencies: its metadata pins
 # transformers==3.0.2 and the retired `sklearn` package, which no resolver can satisfy beside our

@@ -104,3 +104,16 @@ def test_checking_a_config_loads_no_model_framework():
                           cwd=PACKAGE.parent)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"
+
+
+LIBRARY = (PACKAGE, PACKAGE.parent / "kernels" / "fast_electra_kernels",
+           PACKAGE.parent / "benchmarks" / "suite")
+MAX_MODULE_LINES = 450  # a module a reader can hold; the scripts in benchmarks/ are not modules
+
+
+def test_no_library_module_is_over_450_lines():
+    long = {str(path.relative_to(PACKAGE.parent)): n for root in LIBRARY
+            for path in root.rglob("*.py")
+            if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES}
+    assert not long, f"split these modules (over {MAX_MODULE_LINES} lines): {long}"
+    assert sum(1 for root in LIBRARY for _ in root.rglob("*.py")) > 40  # the trees are read

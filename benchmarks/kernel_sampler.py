@@ -54,7 +54,8 @@ def make_inputs(M: int, V: int, H: int, dtype: torch.dtype, device: str):
     return h, W, b, rows
 
 
-def sampler(method: str):
+def sampler(method: str, backend: str = "inductor"):
+    """backend: torch.compile's, for method "compiled"."""
     from fast_electra_kernels.sampler import fused_sample, sample_reference
 
     if method == "fused":
@@ -62,7 +63,7 @@ def sampler(method: str):
                                                   use_triton=True)
     if method == "eager":
         return lambda h, W, b, rows: sample_reference(h, W, b, 1.5, 1, rows)
-    compiled = torch.compile(sample_reference, dynamic=False)
+    compiled = torch.compile(sample_reference, dynamic=False, backend=backend)
     return lambda h, W, b, rows: compiled(h, W, b, 1.5, 1, rows)
 
 

@@ -34,6 +34,7 @@ def test_dry_run_runs_every_part_on_cpu(tmp_path):
         assert f"| tiny | False | {mode} |" in report
     assert "| tiny | True |" not in report  # compiled steps: the real check's, and test_compile's
     assert "compiled: tokens equal to eager's on 100.0000% of rows" in report
+    assert "compiled: torch.compile, backend aot_eager." in report  # inductor: test_compile's
     assert (out / "bench_cuda.csv").is_file() and (out / "bench_cuda_steps.png").is_file()
 
 

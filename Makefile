@@ -29,8 +29,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIPQ) --no-build-isolation -e '.[dev]'
 	@$(PY) -c "import torch, deepspeed, transformers, megatron.core, datasets; print('setup ok: torch', torch.__version__, '| deepspeed', deepspeed.__version__)" 2>/dev/null
 	@# DeepSpeed JIT-builds its CPU shared-memory allreduce op the first time a CPU run starts its
-	@# process group (~30 s of two compilers): built here, once, where training/engine.py has
-	@# runs look for it (the venv's ninja, VENV/torch_extensions).
+	@# process group (~30 s of two compilers): built here, once, as runs look for it
+	@# (training/engine.py: with the venv's ninja, in VENV/torch_extensions).
 	@PATH="$(CURDIR)/$(VENV)/bin:$$PATH" TORCH_EXTENSIONS_DIR="$${TORCH_EXTENSIONS_DIR:-$(CURDIR)/$(VENV)/torch_extensions}" DS_ACCELERATOR=cpu $(PY) -c "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder as B; B().load(verbose=False); print('DeepSpeed CPU comm op built')" 2>/dev/null \
 	  || echo "DeepSpeed CPU comm op not built now (no C++ compiler?): the first CPU run will try"
 	@touch $@

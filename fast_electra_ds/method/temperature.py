@@ -66,7 +66,7 @@ def calibrate_t0(logits: torch.Tensor, start_entropy: float, *, t_max: float = 1
     to 3 decimals: the generator's logits differ in their last bits with the batch shape and
     the thread count, and every rank, world size and resume of a run must sample at the same T.
     The bisection stops as soon as its whole bracket rounds to one T0: the 40 halvings could
-    only end inside it, so the answer is theirs, after ~15 entropies instead of 42 (each a
+    only end inside it, so the answer is theirs, after ~19 entropies instead of 42 (each a
     softmax over the calibration logits, most of a small run's start-up)."""
     h1 = mean_entropy(logits, 1.0)
     target = h1 + start_entropy * (math.log(logits.shape[-1]) - h1)

@@ -399,14 +399,16 @@ def figure3(by_corpus: dict, second: dict | None = None) -> list[str]:
     return lines
 
 
-def spread_lines(all_rows: list[dict]) -> list[str]:
-    lines = ["| corpus | method | AUC, seed 1234 | AUC, seed 1 | spread |", "|---|---|---|---|---|"]
-    for corpus in CORPORA:
+def spread_lines(by_corpus: dict, second: dict) -> list[str]:
+    """The recipe cell's AUC at both seeds (by_corpus: seed RECIPE_SEED's rows, second:
+    SPREAD_SEED's, as figure3 takes them)."""
+    lines = [f"| corpus | method | AUC, seed {RECIPE_SEED} | AUC, seed {SPREAD_SEED} | spread |",
+             "|---|---|---|---|---|"]
+    for corpus, rows in by_corpus.items():
         for m in ("electra", "fast-electra"):
-            aucs = [r["auc_maskable"] for s in (RECIPE_SEED, SPREAD_SEED) for r in all_rows
-                    if (r["corpus"], r["method"], r["key"], r["seed"]) == (corpus, m, "recipe", s)
-                    and r["auc_maskable"] is not None]
-            if len(aucs) == 2:
+            aucs = [(r or {}).get("auc_maskable") for r in
+                    (rows.get((m, "recipe")), second.get(corpus, {}).get((m, "recipe")))]
+            if None not in aucs:
                 lines.append(f"| {corpus} | {m} | {aucs[0]:.3f} | {aucs[1]:.3f} | "
                              f"{abs(aucs[0] - aucs[1]):.3f} |")
     return lines
@@ -457,7 +459,7 @@ def report(steps: int) -> None:
         "",
         "## Seed-to-seed spread (the recipe cell, shared by every figure)",
         "",
-        *spread_lines(all_rows),
+        *spread_lines(by_corpus, second),
         "",
         "## Figure 2, left: the auxiliary model's depth",
         "",
